@@ -1,0 +1,1 @@
+"""SkinScan cloud: MQTT consumer, full classification, storage, dashboard and feedback relay."""

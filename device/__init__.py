@@ -1,0 +1,1 @@
+"""SkinScan kiosk: camera, preprocessing, on-device inference, kiosk page, outbox."""

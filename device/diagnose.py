@@ -1,0 +1,55 @@
+"""Photo -> quality gate -> model input -> prediction -> report: the kiosk's one code path."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from device import preprocess, report
+from device.inference import Classifier, Prediction
+from settings.schema import DeviceConfig
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    prediction: Prediction
+    quality: preprocess.Quality
+    report: report.Report
+    total_ms: float
+
+    def as_json(self) -> dict[str, object]:
+        p = self.prediction
+        return {
+            "label": p.label,
+            "confidence": round(p.confidence, 6),
+            "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()},
+            "unsure": p.unsure,
+            "latency_ms": round(self.total_ms, 2),
+            "model_version": p.model_version,
+            "urgency": self.report.urgency,
+            "see_doctor": self.report.see_doctor,
+            "advice": self.report.advice,
+            "quality": {"ok": self.quality.ok, "summary": self.quality.summary,
+                        "blur": round(self.quality.blur, 1), "brightness": round(self.quality.brightness, 1)},
+            "disclaimer": self.report.disclaimer,
+        }
+
+
+class Diagnoser:
+    def __init__(self, classifier: Classifier, hair_removal: bool = False) -> None:
+        self.classifier = classifier
+        self.hair_removal = hair_removal
+
+    @classmethod
+    def from_config(cls, cfg: DeviceConfig) -> Diagnoser:
+        return cls(Classifier(cfg.model.manifest, role="int8", threads=cfg.model.threads))
+
+    def diagnose(self, rgb: np.ndarray, box: preprocess.Box | None = None) -> Diagnosis:
+        start = time.perf_counter()
+        quality = preprocess.assess(rgb, box)
+        pixels = preprocess.model_input(rgb, self.classifier.input_size, box, self.hair_removal)
+        prediction = self.classifier.predict_pixels(pixels)
+        rep = report.build(prediction, quality, self.classifier.manifest.dangerous)
+        return Diagnosis(prediction, quality, rep, (time.perf_counter() - start) * 1000.0)

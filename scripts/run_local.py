@@ -1,0 +1,110 @@
+"""Start the whole system locally (`make run`): broker, cloud services, one kiosk.
+
+Every child runs in its own process group; Ctrl-C (or SIGTERM) stops them all, newest first,
+and waits for each, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+VAR = Path(os.environ.get("SKINSCAN_RUN_DIR", ROOT / "var"))
+log = logging.getLogger("run-local")
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    url: str | None = None
+    ready_port: int | None = None  # started once something listens here
+
+
+def services(env: dict[str, str]) -> list[Service]:
+    broker_port = env.get("SKINSCAN_MQTT__PORT", "1884")
+    return [
+        Service("broker", [str(ROOT / "broker" / "run"), "--port", broker_port, "--ws-port",
+                           env.get("SKINSCAN_BROKER_WS_PORT", "9001"), "--data-dir", str(VAR / "broker"),
+                           "--device", env.get("SKINSCAN_DEVICE_ID", "kiosk-01")],
+                f"mqtt://127.0.0.1:{broker_port}", int(broker_port)),
+    ]
+
+
+def _wait_ready(service: Service, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Later services need earlier ones up (the broker writes the credentials clients read)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with status {proc.returncode} while starting")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", service.ready_port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{service.name} not listening on port {service.ready_port} after {timeout:.0f} s")
+
+
+def _stop(procs: list[tuple[Service, subprocess.Popen]]) -> None:
+    for _, proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for service, proc in reversed(procs):
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in 15 s; killing it", service.name)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.info("%s stopped", service.name)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    VAR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    procs: list[tuple[Service, subprocess.Popen]] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for service in services(env):
+            proc = subprocess.Popen(service.argv, cwd=ROOT, env=env, start_new_session=True)
+            procs.append((service, proc))
+            log.info("started %s (pid %d)", service.name, proc.pid)
+            if service.ready_port:
+                _wait_ready(service, proc)
+        print("\nSkinScan is running:", flush=True)
+        for service, _ in procs:
+            if service.url:
+                print(f"  {service.name:<10} {service.url}", flush=True)
+        print("Press Ctrl-C to stop.\n", flush=True)
+        while True:
+            for service, proc in procs:
+                if proc.poll() is not None:
+                    log.error("%s exited with status %s; stopping everything", service.name, proc.returncode)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        log.info("stopping")
+        return 0
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        _stop(procs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Validated configuration models for the device and the cloud."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contract.topics import DEVICE_ID_PATTERN, Topics
+
+Port = int  # range checked by Field bounds below so the error names the field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttConfig(_Section):
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    username: str = ""
+    password: str = ""
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    topic_prefix: str = "skinscan/v1"
+    keepalive_s: int = Field(ge=5, le=3600)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Topics(value)
+        return value
+
+    def resolved_password(self) -> str:
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return self.password
+
+
+class ModelConfig(_Section):
+    manifest: Path
+    threads: int = Field(ge=1, le=64)
+
+
+class CameraConfig(_Section):
+    source: Literal["picamera2", "opencv", "folder"]
+    # opencv: a webcam index ("0"), a video file or an RTSP/HTTP URL; folder: a directory of stills.
+    uri: str
+    width: int = Field(ge=64, le=4096)
+    height: int = Field(ge=64, le=4096)
+    fps: float = Field(gt=0, le=120)
+    loop: bool = True
+
+
+class KioskConfig(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    locale: Literal["en", "ar"]
+    public_url: str = ""
+
+
+class OutboxConfig(_Section):
+    path: Path
+    max_bytes: int = Field(ge=1024 * 1024)
+    retry_initial_s: float = Field(gt=0)
+    retry_max_s: float = Field(gt=0)
+
+
+class DeviceConfig(_Section):
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    data_dir: Path
+    mqtt: MqttConfig
+    model: ModelConfig
+    camera: CameraConfig
+    kiosk: KioskConfig
+    outbox: OutboxConfig
+
+
+class DatabaseConfig(_Section):
+    url: str = Field(min_length=1)
+
+
+class StorageConfig(_Section):
+    image_dir: Path
+
+
+class ConsumerConfig(_Section):
+    share_group: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    tta: bool = True
+
+
+class DashboardConfig(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    public_url: str = ""
+    secret_key_file: Path
+    session_timeout_min: int = Field(ge=1, le=24 * 60)
+    pairing_token_days: int = Field(ge=1, le=365)
+
+
+class CloudConfig(_Section):
+    data_dir: Path
+    mqtt: MqttConfig
+    model: ModelConfig
+    database: DatabaseConfig
+    storage: StorageConfig
+    consumer: ConsumerConfig
+    dashboard: DashboardConfig

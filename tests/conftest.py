@@ -1,0 +1,46 @@
+"""Shared fixtures: a real broker, temporary data dirs, and the ../shared data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SKINSCAN_SHARED", ROOT.parent / "shared"))
+SKIN_DATA = SHARED / "data" / "skin"
+WEIGHTS = SHARED / "weights"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    """Mosquitto with broker/ config (auth, ACL, persistence) on a free port; stopped afterwards."""
+    b = Broker(tmp_path / "broker", devices=["kiosk-a", "kiosk-b"])
+    b.data_dir.mkdir()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def skin_data() -> Path:
+    if not (SKIN_DATA / "val").is_dir():
+        pytest.skip(f"real images not available: {SKIN_DATA} is absent")
+    return SKIN_DATA
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights() -> Path:
+    if not (WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5").is_file():
+        pytest.skip(f"ImageNet weights not available: {WEIGHTS} is absent")
+    return WEIGHTS

@@ -1,0 +1,65 @@
+"""Configuration: defaults load, files and environment override, errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from settings import ConfigError, load_cloud, load_device
+from settings.loader import PROJECT_ROOT
+
+
+def test_defaults_work_on_a_laptop():
+    dev = load_device(environ={})
+    cloud = load_cloud(environ={})
+    assert dev.device_id == "kiosk-01"
+    assert dev.mqtt.port == cloud.mqtt.port == 1884
+    assert dev.model.manifest == PROJECT_ROOT / "models" / "model.json"
+    assert cloud.database.url.startswith("sqlite:///")
+
+
+def test_environment_overrides_with_toml_literals():
+    dev = load_device(environ={"SKINSCAN_MQTT__PORT": "8883", "SKINSCAN_MQTT__TLS": "true",
+                               "SKINSCAN_DEVICE_ID": "kiosk-07", "SKINSCAN_CAMERA__URI": "/dev/video0",
+                               "SKINSCAN_DASHBOARD__PORT": "1"})
+    assert dev.mqtt.port == 8883 and dev.mqtt.tls is True
+    assert dev.device_id == "kiosk-07"
+    assert dev.camera.uri == "/dev/video0"
+
+
+def test_file_overrides_defaults(tmp_path: Path):
+    f = tmp_path / "device.toml"
+    f.write_text('device_id = "field-3"\n[kiosk]\nlocale = "ar"\n[outbox]\npath = "/srv/outbox.db"\n')
+    dev = load_device(f, environ={})
+    assert dev.device_id == "field-3" and dev.kiosk.locale == "ar"
+    assert dev.outbox.path == Path("/srv/outbox.db")
+    assert dev.kiosk.port == 8080
+    env_file = load_device(environ={"SKINSCAN_DEVICE_CONFIG": str(f)})
+    assert env_file.device_id == "field-3"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SKINSCAN_MQTT__PORT": "0"}, "mqtt.port must be greater than or equal to 1, got 0"),
+        ({"SKINSCAN_MQTT__PORT": "70000"}, "mqtt.port must be less than or equal to 65535, got 70000"),
+        ({"SKINSCAN_DEVICE_ID": "Kiosk 1"}, "device_id must match"),
+        ({"SKINSCAN_CAMERA__SOURCE": "webcam"}, "camera.source"),
+        ({"SKINSCAN_MQTT__PORTT": "1"}, "mqtt.portt is not a known setting"),
+        ({"SKINSCAN_MQTT__TOPIC_PREFIX": "a b"}, "mqtt.topic_prefix"),
+    ],
+)
+def test_invalid_values_have_clear_messages(environ, message):
+    with pytest.raises(ConfigError) as info:
+        load_device(environ=environ)
+    assert message in str(info.value)
+
+
+def test_missing_and_malformed_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_cloud(tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_cloud(bad, environ={})
