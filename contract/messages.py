@@ -176,7 +176,8 @@ class ModelAnnouncement(_Base):
     version: str = Field(min_length=1, max_length=64)
     url: str = Field(min_length=1, max_length=2000)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    signature: str = Field(min_length=1, max_length=200, description="base64 Ed25519 over the sha256")
+    # base64 Ed25519 signature over the version and sha256 (contract.signing).
+    signature: str = Field(min_length=1, max_length=200)
     published_at: AwareDatetime
 
 
