@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # after the log-level setting above
+
 log = logging.getLogger("models.train")
 
 DANGEROUS = ["melanoma", "basal_cell_carcinoma", "actinic_keratosis"]
@@ -74,6 +77,25 @@ def predict(fn, x: np.ndarray, batch: int = 128, desc: str | None = None) -> np.
     return np.concatenate(out)
 
 
+class CachedBatches(keras.utils.PyDataset):
+    """Shuffled float32 batches cut from the float16 cache, so the cache is never copied whole."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, batch: int, rng: np.random.Generator):
+        super().__init__()
+        self.x, self.y, self.w, self.batch, self.rng = x, y, w, batch, rng
+        self.order = rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch)
+
+    def __getitem__(self, i: int):
+        idx = np.sort(self.order[i * self.batch:(i + 1) * self.batch])
+        return self.x[idx].astype(np.float32), self.y[idx], self.w[idx]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))
+
+
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     recalls = [(pred[y == c] == c).mean() for c in np.unique(y)]
     return float(np.mean(recalls))
@@ -100,8 +122,6 @@ def probe_arch(arch: str, size: int, weights, train_x, train_y, val_x, val_y, cl
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import tensorflow as tf
 
     from device.inference import TFLiteModel, softmax
@@ -148,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     index = np.concatenate([np.repeat(i, per_class[y_train[i]]) for i in range(len(y_train))])
     rng.shuffle(index)
     log.info("views per class: %s (%d in all)", dict(zip(classes, per_class.tolist(), strict=True)), len(index))
-    view_acts = []
+    acts = None
     for s in tqdm(list(batched(len(index), 64)), desc="augment + lower backbone", unit="batch"):
         batch = np.stack([finish(augment(crops[i], rng), args.size) for i in index[s]])
-        view_acts.append(np.asarray(lower(batch.astype(np.float32))).astype(np.float16))
-    acts = np.concatenate(view_acts)
-    del view_acts
+        out = np.asarray(lower(batch.astype(np.float32)))
+        if acts is None:  # preallocated: the cache is the largest thing in memory (GBs for v1)
+            acts = np.empty((len(index), *out.shape[1:]), dtype=np.float16)
+        acts[s] = out
     y_views = y_train[index]
     val_acts = predict(lower, val_x, desc="val lower backbone").astype(np.float16)
 
@@ -196,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     trainable = tuner.trainable_weights
     best_weights, waited, history = [w.numpy() for w in trainable], 0, []
+    batches = CachedBatches(acts, y_views, sample_w, args.batch, rng)
     for epoch in range(args.fine_epochs):
         t0 = time.time()
-        tuner.fit(acts, y_views, sample_weight=sample_w, batch_size=args.batch, epochs=1, verbose=1, shuffle=True)
+        tuner.fit(batches, epochs=1, verbose=2)
         val_logits = predict(tuner, val_acts)
         score = balanced_accuracy(y_val, val_logits.argmax(1))
         acc = float((val_logits.argmax(1) == y_val).mean())
