@@ -97,8 +97,12 @@ def jpeg_for_upload(rgb: np.ndarray) -> bytes:
     raise BadRequest("the photo is too large to send even at low JPEG quality")
 
 
-def qr_svg(text: str) -> bytes:
-    img = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+def qr_image(text: str, kind: str) -> bytes:
+    """The pairing QR code rendered here (no network): ``svg`` for the page, ``png`` for anything else."""
+    if kind == "svg":
+        img = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    else:
+        img = qrcode.make(text, border=2, box_size=6)
     buf = io.BytesIO()
     img.save(buf)
     return buf.getvalue()
@@ -399,9 +403,10 @@ def create_app(cfg: DeviceConfig, uplink: CloudUplink | None = None, *, diagnose
         rec = kiosk.get(capture_id)
         return jsonify(kiosk.upload_state(rec) | {"cloud": kiosk.cloud()})
 
-    @app.get("/captures/<capture_id>/pair.svg")
-    def pair_qr(capture_id: str) -> Response:
+    @app.get("/captures/<capture_id>/pair.<any(svg, png):kind>")
+    def pair_qr(capture_id: str, kind: str) -> Response:
         rec = kiosk.get(capture_id)
-        return Response(qr_svg(kiosk.pairing_url(rec)), mimetype="image/svg+xml")
+        mimetype = "image/svg+xml" if kind == "svg" else "image/png"
+        return Response(qr_image(kiosk.pairing_url(rec), kind), mimetype=mimetype)
 
     return app
