@@ -77,6 +77,7 @@ function showReport(r) {
 function showStill(capture) {
   current = capture;
   $("live").hidden = true;
+  $("live").src = "";  // stop pulling the MJPEG stream while the still is shown
   $("still-view").hidden = false;
   $("still").src = capture.image_url;
   $("live-panel").hidden = true;
@@ -101,6 +102,7 @@ function retake() {
   clearInterval(pollTimer);
   $("report").hidden = true;
   $("still-view").hidden = true;
+  $("live").src = "/stream.mjpg";
   $("live").hidden = false;
   $("live-panel").hidden = false;
   $("upload-input").value = "";
