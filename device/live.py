@@ -133,6 +133,8 @@ class LiveStream:
         self.model_error: str | None = None if diagnoser is not None else "model not loaded"
         self.classify_rate = _Rate()
         self.render_rate = _Rate()
+        self.classified = 0  # totals since start, for benchmarks
+        self.rendered = 0
         self._jpeg: bytes | None = None
         self._jpeg_index = 0
         self._cond = threading.Condition()
@@ -199,6 +201,7 @@ class LiveStream:
                 log.exception("live classification failed")
                 self.model_error = f"classification failed: {exc}"
             self.classify_rate.tick()
+            self.classified += 1
 
     # -- rendering ----------------------------------------------------------------------------------------
 
@@ -231,6 +234,7 @@ class LiveStream:
                     self._jpeg, self._jpeg_index = buf.tobytes(), self._jpeg_index + 1
                     self._cond.notify_all()
                 self.render_rate.tick()
+                self.rendered += 1
 
     def next_jpeg(self, after: int, timeout: float = 2.0) -> tuple[int, bytes] | None:
         deadline = time.monotonic() + timeout
