@@ -40,13 +40,13 @@ class LiveResult:
     warnings: list[str] = field(default_factory=list)
     box: preprocess.Box | None = None
     frame_index: int = 0
-    at: float = 0.0
+    at: float = 0.0  # camera timestamp (time.time()) of the classified frame
 
     def as_json(self) -> dict[str, object]:
         return {"label": self.label, "name": self.name, "confidence": round(self.confidence, 4),
                 "unsure": self.unsure, "ms": round(self.ms, 1), "warnings": self.warnings,
                 "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
-                "frame_index": self.frame_index}
+                "frame_index": self.frame_index, "frame_time": self.at}
 
 
 class Smoother:

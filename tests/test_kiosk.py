@@ -181,6 +181,8 @@ def test_send_to_a_doctor_with_pairing_and_feedback(online):
     assert client.get(f"/api/captures/{cid}/status").get_json()["state"] == "not_sent"
     resp = client.post(f"/api/captures/{cid}/send", json={"lang": "ar"})
     assert resp.status_code == 202 and resp.get_json()["state"] == "sent"
+    assert client.post(f"/api/captures/{cid}/send", json={}).status_code == 202  # a second tap...
+    assert len(uplink.sent) == 1  # ...sends nothing more
     capture = uplink.sent[cid]
     rec = kiosk.get(cid)
     assert capture.device_id == "kiosk-01" and capture.locale == "ar"

@@ -180,6 +180,8 @@ class Kiosk:
             raise BadRequest("analyse the photo before sending it")
         if self.uplink is None:
             return {"state": "offline", "connected": False}
+        if rec.sent:  # a second tap must not queue the photo twice
+            return self.upload_state(rec)
         p = rec.diagnosis.prediction
         capture = Capture.from_image(
             jpeg_for_upload(preprocess.crop(rec.rgb, rec.diagnosis.box)),
