@@ -19,7 +19,7 @@ from tests.support import samples  # noqa: E402 - needs the project root on sys.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "stream")
-    parser.add_argument("--count", type=int, default=24)
+    parser.add_argument("--count", type=int, default=48, help="frames (played at camera.fps)")
     parser.add_argument("--video", type=Path, help="also write a Motion-JPEG AVI of the same scene here")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when --out already has images")
     args = parser.parse_args(argv)

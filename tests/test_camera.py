@@ -174,7 +174,7 @@ def test_picamera2_source_configures_rgb_and_reports_unplugging(fake_picamera2):
         frame = camera.latest()
         assert frame.rgb.shape == (480, 640, 3) and frame.rgb[0, 0, 0] == 200
         pi = fake_picamera2.instances[0]
-        assert pi.config == {"main": {"size": (640, 480), "format": "BGR888"}, "controls": {"FrameRate": 15.0}}
+        assert pi.config == {"main": {"size": (640, 480), "format": "BGR888"}, "controls": {"FrameRate": 30.0}}
         _wait(lambda: "Pi camera stopped delivering frames" in camera.status.message)
         _wait(lambda: len(fake_picamera2.instances) >= 2 and camera.status.ok)  # plugged back: reopened
         assert pi.closed

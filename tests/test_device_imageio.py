@@ -35,7 +35,7 @@ def test_awkward_files_decode_to_upright_rgb(name):
 
 def test_colour_survives_cmyk_palette_and_alpha():
     reference = badimages.good_rgb().reshape(-1, 3).mean(axis=0)
-    for name in ("cmyk.jpg", "palette.png", "alpha.png"):
+    for name in ("cmyk.jpg", "palette.png", "alpha.png", "rgb16.png", "rgb16.tif"):
         mean = imageio.decode(AWKWARD[name], name).reshape(-1, 3).mean(axis=0)
         assert np.abs(mean - reference).max() < 6, (name, mean, reference)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -46,11 +47,14 @@ def awkward() -> dict[str, bytes]:
     """Odd but valid files that must decode to upright 8-bit RGB."""
     rgb = good_rgb()
     gray16 = (np.linspace(0, 65535, 160 * 120).reshape(120, 160)).astype(np.uint16)
+    rgb16 = np.ascontiguousarray(rgb[..., ::-1]).astype(np.uint16) * 257  # BGR order for OpenCV
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     return {
         "gray.png": _save(Image.fromarray(rgb).convert("L"), "PNG"),
         "gray16.png": _save(Image.fromarray(gray16), "PNG"),
+        "rgb16.png": cv2.imencode(".png", rgb16)[1].tobytes(),  # 48-bit colour: Pillow cannot write it
+        "rgb16.tif": cv2.imencode(".tiff", rgb16)[1].tobytes(),
         "cmyk.jpg": _save(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95),
         "palette.png": _save(Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
         "palette_transparent.gif": _save(Image.fromarray(rgb).convert("P"), "GIF", transparency=0),

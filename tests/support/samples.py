@@ -43,12 +43,13 @@ def skin_photo(width: int = 640, height: int = 480, seed: int = 0, centre: tuple
 
 
 def stream_frames(count: int = 24, width: int = 640, height: int = 480) -> list[np.ndarray]:
-    """A short hand-held sequence: the lesion drifts a little, as under a real camera."""
+    """A short hand-held sequence: one lesion drifting a little, with fresh sensor noise in every frame."""
     frames = []
     for i in range(count):
-        t = i / max(1, count - 1) * 2 * np.pi
+        t = i / max(1, count) * 2 * np.pi
         centre = (0.5 + 0.04 * np.sin(t), 0.5 + 0.03 * np.cos(t))
-        frames.append(skin_photo(width, height, seed=i % 3, centre=centre))
+        noise = np.random.default_rng(1000 + i).normal(0, 3, (height, width, 1))
+        frames.append(np.clip(skin_photo(width, height, seed=0, centre=centre) + noise, 0, 255).astype(np.uint8))
     return frames
 
 
