@@ -107,7 +107,7 @@ def test_capture_gives_an_instant_report_with_top3_and_disclaimer(offline):
     data = _capture(client)
     labels = kiosk.diagnoser.classifier.labels
     r = data["report"]
-    assert (data["width"], data["height"]) == (640, 480)
+    assert (data["width"], data["height"]) == (640, 480) and data["source"] == "camera"
     assert len(r["top"]) == min(3, len(labels))
     assert r["top"][0]["label"] == r["label"]
     probs = [row["probability"] for row in r["top"]]

@@ -162,7 +162,7 @@ class Kiosk:
         with self._lock:
             rec = self._captures.get(capture_id)
         if rec is None:
-            abort(404, description="no such capture (kiosk captures are kept only until 20 newer ones)")
+            abort(404, description=f"no such capture (the kiosk keeps only the last {KEEP_CAPTURES})")
         return rec
 
     def diagnose(self, rec: CaptureRecord, box: preprocess.Box | None) -> Diagnosis:
@@ -332,7 +332,8 @@ def create_app(cfg: DeviceConfig, uplink: CloudUplink | None = None, *, diagnose
         live_json = None
         if result is not None and status.ok:
             live_json = result.as_json() | {"name": i18n.class_name(result.label, loc)}
-        return jsonify(camera={"ok": status.ok, "message": status.message}, live=live_json,
+        camera = {"ok": status.ok, "message": status.message, "since": status.since, "frames": status.frames}
+        return jsonify(camera=camera, live=live_json,
                        stats=kiosk.live.stats(),
                        model={"ok": kiosk.diagnoser is not None, "error": kiosk.model_error,
                               "version": kiosk.diagnoser.classifier.version if kiosk.diagnoser else None},
@@ -350,8 +351,8 @@ def create_app(cfg: DeviceConfig, uplink: CloudUplink | None = None, *, diagnose
                 return jsonify(error=f"no camera picture to capture: {kiosk.camera.status.message}"), 503
             rgb, source = frame.rgb, "camera"
         rec = kiosk.add_capture(rgb, source)
-        body: dict[str, Any] = {"capture_id": rec.id, "width": rgb.shape[1], "height": rgb.shape[0],
-                                "image_url": f"/captures/{rec.id}/image.jpg"}
+        body: dict[str, Any] = {"capture_id": rec.id, "source": rec.source, "width": rgb.shape[1],
+                                "height": rgb.shape[0], "image_url": f"/captures/{rec.id}/image.jpg"}
         if kiosk.diagnoser is not None:
             kiosk.diagnose(rec, None)  # the instant report, on the automatic crop
             body["report"] = kiosk.report_view(rec, locale())
