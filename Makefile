@@ -23,6 +23,7 @@ lint:
 
 bench:
 	$(PY) bench/inference.py
+	$(PY) bench/device.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

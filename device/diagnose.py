@@ -18,6 +18,7 @@ class Diagnosis:
     quality: preprocess.Quality
     report: report.Report
     total_ms: float
+    box: preprocess.Box  # the crop that was classified (the user's or the automatic one)
 
     def as_json(self) -> dict[str, object]:
         p = self.prediction
@@ -33,6 +34,7 @@ class Diagnosis:
             "advice": self.report.advice,
             "quality": {"ok": self.quality.ok, "summary": self.quality.summary,
                         "blur": round(self.quality.blur, 1), "brightness": round(self.quality.brightness, 1)},
+            "crop": list(self.box),
             "disclaimer": self.report.disclaimer,
         }
 
@@ -44,12 +46,15 @@ class Diagnoser:
 
     @classmethod
     def from_config(cls, cfg: DeviceConfig) -> Diagnoser:
-        return cls(Classifier(cfg.model.manifest, role="int8", threads=cfg.model.threads))
+        return cls(Classifier(cfg.model.manifest, role="int8", threads=cfg.model.threads),
+                   hair_removal=cfg.preprocess.hair_removal)
 
     def diagnose(self, rgb: np.ndarray, box: preprocess.Box | None = None) -> Diagnosis:
+        """``box``: the user's crop; None takes the automatic lesion-centred square."""
         start = time.perf_counter()
         quality = preprocess.assess(rgb, box)
-        pixels = preprocess.model_input(rgb, self.classifier.input_size, box, self.hair_removal)
+        used = box if box is not None else preprocess.auto_box(rgb)
+        pixels = preprocess.model_input(rgb, self.classifier.input_size, used, self.hair_removal)
         prediction = self.classifier.predict_pixels(pixels)
         rep = report.build(prediction, quality, self.classifier.manifest.dangerous)
-        return Diagnosis(prediction, quality, rep, (time.perf_counter() - start) * 1000.0)
+        return Diagnosis(prediction, quality, rep, (time.perf_counter() - start) * 1000.0, tuple(map(int, used)))

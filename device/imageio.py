@@ -7,12 +7,15 @@ decompression bombs *before* decoding pixels (Pillow reads the size from the hea
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000  # a 12 MP phone photo is fine; a 20000x20000 bomb is not
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -44,18 +47,23 @@ def _open(data: bytes, name: str) -> Image.Image:
         raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # Pillow's decoders raise many types on malformed data
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
     return img
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> HxWx3 uint8 RGB, upright per EXIF, alpha composited on white."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in {"I;16", "I;16B", "I;16L", "I"}:
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block should not lose a usable photo
+        log.warning("ignoring unreadable EXIF orientation")
+    if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        # 16-bit (and 32-bit) samples: scale the full 16-bit range to 8 bits so brightness is kept;
+        # only values beyond 16 bits (rare float/int TIFFs) are stretched by their maximum.
         arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8))
+        top = max(65535.0, float(arr.max()))
+        img = Image.fromarray((arr * (255.0 / top)).round().clip(0, 255).astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in {"RGBA", "LA", "PA"}:
@@ -69,12 +77,13 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
     """Decode image bytes to an upright RGB array, or raise :class:`ImageError`."""
+    img = _open(data, name)
     try:
-        return to_rgb(_open(data, name))
+        return to_rgb(img)
     except ImageError as exc:
-        if str(exc).startswith(name):
-            raise
         raise ImageError(f"{name}: {exc}") from None
+    except Exception as exc:  # mode conversion of a malformed file
+        raise ImageError(f"{name}: cannot convert image ({exc})") from None
 
 
 def read(path: str | os.PathLike[str]) -> np.ndarray:

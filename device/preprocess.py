@@ -123,11 +123,14 @@ def crop(rgb: np.ndarray, box: Box) -> np.ndarray:
     return rgb[y0:y1, x0:x1]
 
 
+def auto_box(rgb: np.ndarray) -> Box:
+    """The default crop: a square centred on the lesion (or the frame when none stands out)."""
+    return square_around(rgb.shape, find_lesion(rgb))
+
+
 def crop_to_lesion(rgb: np.ndarray, user_box: Box | None = None) -> np.ndarray:
     """The user's rectangle if given (the kiosk's drag-to-crop), else an automatic lesion-centred square."""
-    if user_box is not None:
-        return crop(rgb, user_box)
-    return crop(rgb, square_around(rgb.shape, find_lesion(rgb)))
+    return crop(rgb, user_box if user_box is not None else auto_box(rgb))
 
 
 def remove_hair(rgb: np.ndarray) -> np.ndarray:

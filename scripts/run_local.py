@@ -37,7 +37,20 @@ def services(env: dict[str, str]) -> list[Service]:
                            env.get("SKINSCAN_BROKER_WS_PORT", "9001"), "--data-dir", str(VAR / "broker"),
                            "--device", env.get("SKINSCAN_DEVICE_ID", "kiosk-01")],
                 f"mqtt://127.0.0.1:{broker_port}", int(broker_port)),
+        kiosk_service(env),
     ]
+
+
+def kiosk_service(env: dict[str, str]) -> Service:
+    """One kiosk, fed by the demo stream (camera.uri in settings/device.toml) unless env says otherwise."""
+    port = env.get("SKINSCAN_KIOSK__PORT", "8080")
+    return Service("kiosk", [sys.executable, "-m", "device.cli", "kiosk"], f"http://127.0.0.1:{port}/", int(port))
+
+
+def prepare() -> None:
+    """Make generated inputs that are not committed: the kiosk's demo camera stream."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_stream_fixture.py"), "--if-missing"],
+                   cwd=ROOT, check=True)
 
 
 def _wait_ready(service: Service, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -78,6 +91,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    prepare()
     try:
         for service in services(env):
             proc = subprocess.Popen(service.argv, cwd=ROOT, env=env, start_new_session=True)

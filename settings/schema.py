@@ -54,6 +54,8 @@ class CameraConfig(_Section):
     height: int = Field(ge=64, le=4096)
     fps: float = Field(gt=0, le=120)
     loop: bool = True
+    # Seconds between attempts to reopen a camera that is missing, unplugged or whose video ended.
+    retry_s: float = Field(default=2.0, gt=0, le=300)
 
 
 class KioskConfig(_Section):
@@ -61,6 +63,19 @@ class KioskConfig(_Section):
     port: int = Field(ge=1, le=65535)
     locale: Literal["en", "ar"]
     public_url: str = ""
+
+
+class PreprocessConfig(_Section):
+    # Morphological black-hat + inpainting before resizing; only if the model was trained the same way.
+    hair_removal: bool = False
+
+
+class StreamConfig(_Section):
+    # Weight of the newest frame in the exponential moving average of probabilities (1 = no smoothing).
+    ema_alpha: float = Field(default=0.3, gt=0, le=1)
+    # Upper bound on live classifications per second; the worker drops frames to keep up.
+    max_classify_hz: float = Field(default=15.0, gt=0, le=120)
+    jpeg_quality: int = Field(default=75, ge=30, le=95)
 
 
 class OutboxConfig(_Section):
@@ -78,6 +93,8 @@ class DeviceConfig(_Section):
     camera: CameraConfig
     kiosk: KioskConfig
     outbox: OutboxConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    stream: StreamConfig = StreamConfig()
 
 
 class DatabaseConfig(_Section):

@@ -44,3 +44,14 @@ def imagenet_weights() -> Path:
     if not (WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5").is_file():
         pytest.skip(f"ImageNet weights not available: {WEIGHTS} is absent")
     return WEIGHTS
+
+
+MODEL_MANIFEST = Path(os.environ.get("SKINSCAN_TEST_MODEL", ROOT / "models" / "model.json"))
+
+
+@pytest.fixture(scope="session")
+def model_manifest() -> Path:
+    """The real TFLite model (models/model.json and its files); skips when not installed."""
+    if not MODEL_MANIFEST.is_file():
+        pytest.skip(f"model not available: {MODEL_MANIFEST} is absent (train one or copy it in)")
+    return MODEL_MANIFEST

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,8 +32,9 @@ def _descendants(pid: int) -> set[int]:
 
 
 def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
-    port, ws = free_port(), free_port()
+    port, ws, kiosk = free_port(), free_port(), free_port()
     env = dict(os.environ, SKINSCAN_MQTT__PORT=str(port), SKINSCAN_BROKER_WS_PORT=str(ws),
+               SKINSCAN_KIOSK__PORT=str(kiosk),
                SKINSCAN_RUN_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_local.py")], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -50,6 +53,8 @@ def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
         client.username_pw_set("kiosk-01", secret)
         assert client.connect("127.0.0.1", port) == 0
         client.disconnect()
+        with urllib.request.urlopen(f"http://127.0.0.1:{kiosk}/api/live", timeout=10) as resp:
+            assert json.load(resp)["camera"]["message"]  # the kiosk answers (live, or why not)
         children = _descendants(proc.pid)
         assert children, "run_local started no children"
     finally:
@@ -59,6 +64,7 @@ def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
     assert proc.returncode == 0, output
     assert "SkinScan is running" in output
     assert f"mqtt://127.0.0.1:{port}" in output
+    assert f"http://127.0.0.1:{kiosk}/" in output
     time.sleep(0.2)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]

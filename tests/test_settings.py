@@ -63,3 +63,16 @@ def test_missing_and_malformed_file(tmp_path: Path):
     bad.write_text("[mqtt\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_cloud(bad, environ={})
+
+
+def test_kiosk_stream_and_preprocess_settings():
+    dev = load_device(environ={})
+    assert dev.preprocess.hair_removal is False
+    assert dev.stream.ema_alpha == 0.3 and dev.stream.max_classify_hz == 15
+    assert dev.camera.retry_s == 2.0 and dev.camera.uri == "tests/fixtures/stream"
+    dev = load_device(environ={"SKINSCAN_STREAM__EMA_ALPHA": "1", "SKINSCAN_PREPROCESS__HAIR_REMOVAL": "true"})
+    assert dev.stream.ema_alpha == 1.0 and dev.preprocess.hair_removal is True
+    with pytest.raises(ConfigError, match=r"stream\.ema_alpha must be greater than 0"):
+        load_device(environ={"SKINSCAN_STREAM__EMA_ALPHA": "0"})
+    with pytest.raises(ConfigError, match=r"camera\.retry_s"):
+        load_device(environ={"SKINSCAN_CAMERA__RETRY_S": "-1"})
