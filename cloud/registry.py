@@ -10,6 +10,7 @@ Every status change is also appended to ``model_events``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,6 +115,17 @@ class ModelRecord:
         return out
 
 
+def _finite(value):
+    """JSON as PostgreSQL accepts it: NaN and infinities (an undefined metric) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -160,7 +172,8 @@ class Registry:
             conn.execute(model_versions.insert().values(
                 version=manifest.version, parent=manifest.parent, status="candidate",
                 architecture=manifest.architecture, input_size=manifest.input_size, labels=manifest.labels,
-                data_manifest_sha256=manifest.data_manifest_sha256, metrics=manifest.metrics, decision=decision,
+                data_manifest_sha256=manifest.data_manifest_sha256, metrics=_finite(manifest.metrics),
+                decision=_finite(decision),
                 created_at=now, registered_by=actor))
             conn.execute(model_files.insert(), [
                 {"version": manifest.version, "role": role, "path": f.path, "kind": f.kind, "sha256": f.sha256,

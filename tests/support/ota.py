@@ -37,7 +37,7 @@ def serve_truncated(blob: bytes) -> Iterator[str]:
     """A server that promises the whole ``blob`` in Content-Length and sends half of it."""
 
     class Half(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
+        def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "application/zip")
             self.send_header("Content-Length", str(len(blob)))
