@@ -16,7 +16,8 @@ import pytest
 
 from cloud import bundles
 from cloud.model_files import blueprint
-from cloud.registry import Registry
+from cloud.registry import Registry, RegistryError
+from cloud.release import announcement_for, release
 from contract import ModelAnnouncement, Topics, decode, encode
 from contract.signing import generate_keypair
 from device.updater import ModelSlot, Updater
@@ -117,9 +118,6 @@ def test_retrain_promote_bundle_announce_and_the_device_swaps_without_stopping(t
     registry = Registry.connect(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
     registry.register(tiny_lineage.parent / "model.json", actor="trainer")
     registry.promote("tiny-1", actor="admin")
-    registry.register(tiny_lineage.child / "model.json", actor="retrain", decision=decision)
-    registry.promote("tiny-2", actor="dr.amal")
-    bundle = bundles.build_bundle(tiny_lineage.child / "model.json", tmp_path / "bundles")
 
     # A live stream reading the slot once per frame, as the kiosk does.
     seen: list[str] = []
@@ -138,9 +136,10 @@ def test_retrain_promote_bundle_announce_and_the_device_swaps_without_stopping(t
     worker.start()
     try:
         with serve_bundles(tmp_path / "bundles") as base:
-            url = bundles.bundle_url(base, "tiny-2")
-            registry.set_bundle("tiny-2", sha256=bundle.sha256, url=url)
-            ann = bundles.announce(bundle, url, keys["cloud.pem"])
+            record, ann = release(registry, tiny_lineage.child / "model.json", decision, actor="dr.amal",
+                                  bundle_dir=tmp_path / "bundles", base_url=base, private_key_pem=keys["cloud.pem"])
+            assert record.status == "promoted" and record.parent == "tiny-1" and ann.version == "tiny-2"
+            assert ann.url == f"{base}/models/tiny-2/bundle.zip"
             payload = encode(ann)  # what the cloud publishes retained on the topic below
             assert Topics().model_current == "skinscan/v1/models/current"
             result = device.handle_payload(payload)
@@ -159,7 +158,9 @@ def test_retrain_promote_bundle_announce_and_the_device_swaps_without_stopping(t
     assert not errors
     assert seen[0] == "tiny-1" and seen[-1] == "tiny-2"
     assert seen == sorted(seen)  # one switch, never back and forth
-    assert registry.current().bundle_sha256 == bundle.sha256
+    assert registry.current().version == "tiny-2"
+    assert registry.current().bundle_sha256 == ann.sha256 == hashlib.sha256(
+        (tmp_path / "bundles" / "tiny-2" / "bundle.zip").read_bytes()).hexdigest()
 
     state = json.loads((device.versions_dir / "state.json").read_text())
     assert state["current"] == "tiny-2" and state["previous"] is None  # None: the factory model
@@ -288,3 +289,55 @@ def test_reference_images_are_generated_not_stored():
     assert not np.array_equal(images[0], images[1])
     again = bundles.reference_images(64)
     assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
+
+
+def test_release_rejects_by_the_decision_and_re_announces_only_intact_promoted_bundles(tiny_lineage, tmp_path: Path,
+                                                                                       keys):
+    from contract.signing import verify
+
+    registry = Registry.connect(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
+    no = {"promote": False, "reasons": ["recall of alpha drops 0.9 -> 0.5"]}
+    record, ann = release(registry, tiny_lineage.child / "model.json", no, actor="retrain",
+                          bundle_dir=tmp_path / "bundles", base_url="http://cloud", private_key_pem=keys["cloud.pem"])
+    assert ann is None and record.status == "rejected" and "alpha" in record.reason
+    assert not (tmp_path / "bundles").exists()
+    with pytest.raises(RegistryError, match="not a promoted version"):
+        announcement_for(registry, "tiny-2", tmp_path / "bundles", keys["cloud.pem"])
+
+    # A person may override a rejection; the reason is recorded.
+    record = registry.promote("tiny-2", actor="dr.amal", reason="confirmed on a new clinic set")
+    bundle = bundles.build_bundle(tiny_lineage.child / "model.json", tmp_path / "bundles")
+    registry.set_bundle("tiny-2", sha256=bundle.sha256, url="http://cloud/models/tiny-2/bundle.zip")
+    ann = announcement_for(registry, "tiny-2", tmp_path / "bundles", keys["cloud.pem"])
+    verify(keys["cloud.pub"], ann.version, ann.sha256, ann.signature)
+    bundle.path.write_bytes(b"changed on disk")
+    with pytest.raises(RegistryError, match="differs from the registered sha256"):
+        announcement_for(registry, "tiny-2", tmp_path / "bundles", keys["cloud.pem"])
+
+
+def test_cloud_cli_keygen_release_and_list(tiny_lineage, tmp_path: Path, capsys):
+    from cloud.cli import main
+
+    config = tmp_path / "cloud.toml"
+    config.write_text(f"""
+[database]
+url = "sqlite:///{tmp_path / 'cloud.sqlite3'}"
+[updates]
+signing_key_file = "{tmp_path / 'keys' / 'signing.pem'}"
+bundle_dir = "{tmp_path / 'bundles'}"
+base_url = "http://cloud.example:8090/"
+max_recall_drop = 0.05
+""")
+    assert main(["--config", str(config), "model-keygen"]) == 0
+    assert main(["--config", str(config), "model-keygen"]) == 1  # never replaces a key
+    capsys.readouterr()
+    assert main(["--config", str(config), "model-release", str(tiny_lineage.child / "model.json"),
+                 "--decision", str(tiny_lineage.decision), "--by", "dr.amal"]) == 0
+    ann = decode(capsys.readouterr().out.strip().encode(), expect=ModelAnnouncement)
+    assert ann.url == "http://cloud.example:8090/models/tiny-2/bundle.zip"
+    from contract.signing import verify
+
+    verify((tmp_path / "keys" / "signing.pub").read_bytes(), ann.version, ann.sha256, ann.signature)
+    assert main(["--config", str(config), "models", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["version"], r["status"], r["promoted_by"]) for r in rows] == [("tiny-2", "promoted", "dr.amal")]
