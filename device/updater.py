@@ -131,6 +131,9 @@ class Updater:
     def from_config(cls, cfg) -> Updater:
         """An updater for a :class:`settings.schema.DeviceConfig`, with the active model loaded."""
         up = cfg.updates
+        if not Path(up.public_key).is_file():
+            raise UpdateError(f"{up.public_key}: the cloud's model-signing public key is missing (updates.public_key; "
+                              "made by `skinscan-cloud model-keygen`)")
         context = ssl.create_default_context(cafile=str(up.ca_file)) if up.ca_file else None
         updater = cls(ModelSlot(), up.versions_dir, Path(up.public_key).read_bytes(),
                       factory_manifest=cfg.model.manifest, threads=cfg.model.threads,

@@ -341,3 +341,18 @@ max_recall_drop = 0.05
     assert main(["--config", str(config), "models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["version"], r["status"], r["promoted_by"]) for r in rows] == [("tiny-2", "promoted", "dr.amal")]
+
+
+def test_from_config_serves_the_factory_model_and_needs_the_public_key(tiny_lineage, tmp_path: Path, keys):
+    from device.updater import UpdateError
+    from settings import load_device
+
+    env = {"SKINSCAN_MODEL__MANIFEST": str(tiny_lineage.parent / "model.json"),
+           "SKINSCAN_UPDATES__VERSIONS_DIR": str(tmp_path / "versions"),
+           "SKINSCAN_UPDATES__PUBLIC_KEY": str(tmp_path / "missing.pub")}
+    with pytest.raises(UpdateError, match="public key is missing"):
+        Updater.from_config(load_device(environ=env))
+    (tmp_path / "cloud.pub").write_bytes(keys["cloud.pub"])
+    env["SKINSCAN_UPDATES__PUBLIC_KEY"] = str(tmp_path / "cloud.pub")
+    updater = Updater.from_config(load_device(environ=env))
+    assert updater.slot.version == "tiny-1" and updater.versions_dir == tmp_path / "versions"
