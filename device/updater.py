@@ -175,7 +175,7 @@ class Updater:
             try:
                 self._verify_installed(version)
                 classifier = self._load(self._model_json(version))
-            except (UpdateError, SignatureError, manifest_mod.ManifestError, BackendError,
+            except (UpdateError, SignatureError, manifest_mod.ManifestError, BackendError, zipfile.BadZipFile,
                     selftest.SelfTestError, OSError, ValueError) as exc:
                 log.error("installed model %s cannot serve: %s", version, exc)
                 errors.append(f"{version}: {exc}")
