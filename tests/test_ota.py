@@ -356,3 +356,46 @@ def test_from_config_serves_the_factory_model_and_needs_the_public_key(tiny_line
     env["SKINSCAN_UPDATES__PUBLIC_KEY"] = str(tmp_path / "cloud.pub")
     updater = Updater.from_config(load_device(environ=env))
     assert updater.slot.version == "tiny-1" and updater.versions_dir == tmp_path / "versions"
+
+
+def test_an_offline_device_catches_up_from_the_retained_announcement(broker, tiny_lineage, tmp_path: Path, keys,
+                                                                     device: Updater):
+    """Through the real broker config: the cloud publishes retained while the kiosk is away; the kiosk
+    gets it on connect, installs it, and the copy it gets on every later reconnect is a no-op."""
+    import paho.mqtt.client as mqtt
+
+    topic = Topics().model_current
+
+    def connect(user: str) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-ota", protocol=mqtt.MQTTv5)
+        client.username_pw_set(user, broker.secret(user))
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        return client
+
+    bundle = bundles.build_bundle(tiny_lineage.child / "model.json", tmp_path / "bundles")
+    with serve_bundles(tmp_path / "bundles") as base:
+        ann = bundles.announce(bundle, bundles.bundle_url(base, "tiny-2"), keys["cloud.pem"])
+        cloud = connect("cloud")
+        cloud.publish(topic, encode(ann), qos=1, retain=True).wait_for_publish(5)
+        cloud.disconnect()
+        cloud.loop_stop()
+
+        outcomes = []
+        for _ in range(2):  # first connection after being offline, then a reconnect
+            arrived = threading.Event()
+
+            def on_message(_c, _u, msg, arrived=arrived):
+                device.submit(msg.payload)  # never block the network loop on a download
+                arrived.set()
+
+            kiosk = connect("kiosk-a")
+            kiosk.on_message = on_message
+            kiosk.subscribe(topic, qos=1)
+            assert arrived.wait(10), "retained announcement not delivered"
+            assert device.wait_idle(30)
+            outcomes.append(device.last_result.outcome)
+            kiosk.disconnect()
+            kiosk.loop_stop()
+    assert outcomes == ["installed", "unchanged"]
+    assert_still_serving(device, "tiny-2")
