@@ -41,6 +41,8 @@ MAX_TEXT = 4000
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+# Model versions name folders on devices and in bundle URLs: no slashes, no leading dot.
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def utc_now() -> datetime:
@@ -173,7 +175,7 @@ class ModelAnnouncement(_Base):
     """Cloud -> devices, retained on ``models/current``: the model every device should run."""
 
     type: Literal["model"] = "model"
-    version: str = Field(min_length=1, max_length=64)
+    version: str = Field(pattern=MODEL_VERSION_PATTERN)
     url: str = Field(min_length=1, max_length=2000)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # base64 Ed25519 signature over the version and sha256 (contract.signing).

@@ -52,20 +52,38 @@ def logits_fn(model_path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
     raise ValueError(f"{model_path}: expected a .tflite or .keras file")
 
 
+def widen(probs: np.ndarray, model_labels: list[str], truth_labels: list[str]) -> np.ndarray:
+    """Probabilities over ``truth_labels``: a class the model does not know gets probability 0."""
+    out = np.zeros((len(probs), len(truth_labels)), dtype=probs.dtype)
+    for j, name in enumerate(truth_labels):
+        if name in model_labels:
+            out[:, j] = probs[:, model_labels.index(name)]
+    return out
+
+
 def evaluate(model_path: Path, data_dir: Path, manifest_path: Path | None = None, threads: int = 2,
-             workers: int = 2) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
+             workers: int = 2, labels: list[str] | None = None) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
+    """Metrics of one model file on a folder-per-class tree. ``labels`` is the ground-truth label
+    space (default: the model's); it lets a parent model be scored on a test set with a class only
+    its retrained child knows: those images count as misses for the parent."""
     manifest = load(manifest_path or model_path.parent / "model.json")
     calibration = calibration_for(manifest, model_path)
-    split = data.scan(data_dir, manifest.labels)
-    inputs, labels = data.load_inputs(split, manifest.input_size, workers)
+    truth_labels = labels or manifest.labels
+    unknown = sorted(set(manifest.labels) - set(truth_labels))
+    if unknown:
+        raise ValueError(f"label list {truth_labels} lacks the model's classes {unknown}")
+    split = data.scan(data_dir, truth_labels)
+    inputs, y = data.load_inputs(split, manifest.input_size, workers)
     run = logits_fn(model_path, threads)
     logits = np.concatenate([run(inputs[i:i + 64]) for i in range(0, len(inputs), 64)])
     probs = softmax(logits, calibration.temperature)
-    result = metrics.compute(labels, probs, manifest.labels, calibration.threshold)
+    if truth_labels != manifest.labels:
+        probs = widen(probs, manifest.labels, truth_labels)
+    result = metrics.compute(y, probs, truth_labels, calibration.threshold)
     result.update({"model": model_path.name, "model_version": manifest.version, "data": str(data_dir),
                    "temperature": calibration.temperature,
-                   "reliability": metrics.reliability(probs, labels)})
-    return result, probs, labels
+                   "reliability": metrics.reliability(probs, y)})
+    return result, probs, y
 
 
 def plot(result: dict[str, object], out: Path) -> None:

@@ -32,6 +32,25 @@ class ModelFile(BaseModel):
     calibration: Calibration | None = None
 
 
+class SelfTestCase(BaseModel):
+    """One bundled reference image and what the int8 file answered for it when the bundle was built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str  # inside the bundle, e.g. selftest/ref_0.png
+    label: str
+    probabilities: list[float]  # temperature-scaled, in ``labels`` order
+
+
+class SelfTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = "int8"
+    # Largest allowed difference of any probability (int8 kernels may round differently on ARM).
+    tolerance: float = Field(default=0.05, gt=0, le=1)
+    cases: list[SelfTestCase] = Field(min_length=1)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,6 +68,10 @@ class Manifest(BaseModel):
     training: dict[str, object] = {}
     metrics: dict[str, dict[str, object]] = {}
     created_at: str
+    # The version a retrained model was fine-tuned from (None for a model trained from ImageNet).
+    parent: str | None = None
+    # Only in over-the-air bundles (cloud.bundles): the device's self-test before switching.
+    self_test: SelfTest | None = None
 
     def file(self, role: str) -> ModelFile:
         try:

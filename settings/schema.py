@@ -85,6 +85,19 @@ class OutboxConfig(_Section):
     retry_max_s: float = Field(gt=0)
 
 
+class DeviceUpdatesConfig(_Section):
+    """Over-the-air model updates (device.updater)."""
+
+    # Ed25519 public key (PEM) of the cloud; a model whose signature does not verify is never loaded.
+    public_key: Path
+    # One folder per installed version, plus state.json naming the current and previous one.
+    versions_dir: Path
+    max_bundle_bytes: int = Field(ge=1024 * 1024, le=1024 * 1024 * 1024)
+    download_timeout_s: float = Field(gt=0, le=3600)
+    # CA bundle for an HTTPS bundle URL signed by a private CA; empty: the system's CAs.
+    ca_file: Path | None = None
+
+
 class DeviceConfig(_Section):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     data_dir: Path
@@ -95,6 +108,7 @@ class DeviceConfig(_Section):
     outbox: OutboxConfig
     preprocess: PreprocessConfig = PreprocessConfig()
     stream: StreamConfig = StreamConfig()
+    updates: DeviceUpdatesConfig
 
 
 class DatabaseConfig(_Section):
@@ -119,6 +133,19 @@ class DashboardConfig(_Section):
     pairing_token_days: int = Field(ge=1, le=365)
 
 
+class CloudUpdatesConfig(_Section):
+    """Retraining, the model registry and over-the-air bundles (cloud.registry, cloud.bundles)."""
+
+    # Ed25519 private key (PEM, mode 600) that signs model announcements.
+    signing_key_file: Path
+    # BUNDLE_DIR/<version>/bundle.zip, served by cloud.model_files at /models/<version>/bundle.zip.
+    bundle_dir: Path
+    # Base URL devices download bundles from (the server that mounts cloud.model_files).
+    base_url: str = Field(min_length=1)
+    # Promotion: no class's test-set recall may drop by more than this (0.05 = 5 points).
+    max_recall_drop: float = Field(ge=0, le=1)
+
+
 class CloudConfig(_Section):
     data_dir: Path
     mqtt: MqttConfig
@@ -127,3 +154,4 @@ class CloudConfig(_Section):
     storage: StorageConfig
     consumer: ConsumerConfig
     dashboard: DashboardConfig
+    updates: CloudUpdatesConfig

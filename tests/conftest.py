@@ -55,3 +55,25 @@ def model_manifest() -> Path:
     if not MODEL_MANIFEST.is_file():
         pytest.skip(f"model not available: {MODEL_MANIFEST} is absent (train one or copy it in)")
     return MODEL_MANIFEST
+
+
+@pytest.fixture(scope="session")
+def tiny_lineage(tmp_path_factory):
+    """A tiny model trained by models.train and its child retrained by models.retrain on confirmed cases
+    that include a class the parent does not know (``delta``). Trained once per test session."""
+    from types import SimpleNamespace
+
+    from models import retrain, train
+    from tests.support.ota import TINY_TRAINING
+    from tests.support.synthetic import make_dataset, make_tree
+
+    root = tmp_path_factory.mktemp("lineage")
+    data = make_dataset(root / "data", train=8, val=4)
+    extra = make_tree(root / "confirmed", {"alpha": 3, "beta": 3, "delta": 4}, seed=5)
+    parent, child = root / "v1", root / "v2"
+    assert train.main(["--data", str(data), "--out", str(parent), "--arch", "v2", "--size", "64",
+                       "--seed", "7", "--version", "tiny-1", *TINY_TRAINING]) == 0
+    assert retrain.main(["--current", str(parent / "model.json"), "--data", str(data), "--extra", str(extra),
+                         "--out", str(child), "--seed", "8", "--version", "tiny-2", "--max-recall-drop", "0.1",
+                         *TINY_TRAINING]) == 0
+    return SimpleNamespace(data=data, extra=extra, parent=parent, child=child, decision=child / "decision.json")

@@ -149,6 +149,13 @@ def test_bad_device_id_and_uuid():
     assert _error(data).field == "capture_id"
 
 
+@pytest.mark.parametrize("version", ["../x", "a/b", ".hidden", "", "v" * 65])
+def test_model_version_cannot_name_another_folder(version):
+    data = _wire(samples()[4])
+    data["version"] = version
+    assert _error(data).field == "version"
+
+
 def test_oversize_message_rejected_before_parsing():
     big = b'{"schema": 1, "type": "result", "pad": "' + b"x" * MAX_MESSAGE_BYTES + b'"}'
     err = _error(big)

@@ -76,3 +76,15 @@ def test_kiosk_stream_and_preprocess_settings():
         load_device(environ={"SKINSCAN_STREAM__EMA_ALPHA": "0"})
     with pytest.raises(ConfigError, match=r"camera\.retry_s"):
         load_device(environ={"SKINSCAN_CAMERA__RETRY_S": "-1"})
+
+
+def test_update_settings_are_documented_defaults_with_absolute_paths():
+    dev = load_device(environ={"SKINSCAN_UPDATES__MAX_BUNDLE_BYTES": "2097152"})
+    assert dev.updates.versions_dir == PROJECT_ROOT / "var" / "device" / "models"
+    assert dev.updates.public_key.is_absolute() and dev.updates.ca_file is None
+    assert dev.updates.max_bundle_bytes == 2097152
+    cloud = load_cloud(environ={})
+    assert cloud.updates.bundle_dir == PROJECT_ROOT / "var" / "cloud" / "bundles"
+    assert 0 <= cloud.updates.max_recall_drop <= 1
+    with pytest.raises(ConfigError, match=r"updates\.max_bundle_bytes"):
+        load_device(environ={"SKINSCAN_UPDATES__MAX_BUNDLE_BYTES": "10"})

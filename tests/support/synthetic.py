@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image
 
 BLOBS = {"alpha": (120, 60, 40), "beta": (60, 30, 90), "gamma": (30, 30, 30)}
+# A class none of the tiny models knows yet (retraining tests: a new class among confirmed cases).
+NEW_BLOBS = {"delta": (40, 110, 60)}
 
 
 def blob_image(rng: np.random.Generator, colour: tuple[int, int, int], radius: int,
@@ -22,9 +24,11 @@ def blob_image(rng: np.random.Generator, colour: tuple[int, int, int], radius: i
 
 
 def make_tree(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """root/<class>/<i>.jpg for each class in BLOBS, with distinguishable blobs."""
+    """root/<class>/<i>.jpg for each class in BLOBS (and NEW_BLOBS), with distinguishable blobs."""
     rng = np.random.default_rng(seed)
-    for k, (name, colour) in enumerate(BLOBS.items()):
+    for k, (name, colour) in enumerate((BLOBS | NEW_BLOBS).items()):
+        if name in NEW_BLOBS and name not in per_class:
+            continue
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class.get(name, 0)):
