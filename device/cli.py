@@ -42,6 +42,68 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _send(args: argparse.Namespace) -> int:
+    from device import capture_file
+    from device.outbox import Outbox, OutboxError
+
+    cfg = load_device(args.config)
+    diagnoser = capture_file.diagnoser_or_none(cfg)
+    outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
+    queued: list[str] = []
+    failed = 0
+    for path in args.images:
+        try:
+            capture = capture_file.capture_from_file(path, cfg, diagnoser)
+            capture_id = outbox.put(capture)
+        except (capture_file.ImageError, OutboxError) as exc:
+            failed += 1
+            print(json.dumps({"path": path, "error": str(exc)}) if args.json else f"{path}: error: {exc}", flush=True)
+            continue
+        queued.append(capture_id)
+        print(json.dumps({"path": path, "capture_id": capture_id, "state": "queued"}) if args.json
+              else f"{path}: {capture_id} queued", flush=True)
+    if queued and args.wait > 0:
+        capture_file.flush(cfg, queued, args.wait)
+    return 1 if failed else 0
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from device.outbox import Outbox
+
+    cfg = load_device(args.config)
+    outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
+    rows = outbox.list(limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return 0
+    c = outbox.counts()
+    print(f"{cfg.outbox.path}: {c['queued']} queued ({c['queued_bytes']} of {c['max_bytes']} bytes), "
+          f"{c['sent']} sent, {c['answered']} answered")
+    for row in rows:
+        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        print(f"  {row['capture_id']}  {row['state']:<8} {row['bytes']:>9} B  attempts {row['attempts']}{error}")
+    return 0
+
+
+def _uplink(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from device.uplink import Uplink
+
+    cfg = load_device(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    uplink = Uplink(cfg)
+    uplink.start()
+    while not stop.wait(1.0):
+        pass
+    uplink.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinscan-device", description="SkinScan kiosk device.")
     parser.add_argument("--config", help="device TOML file (default: $SKINSCAN_DEVICE_CONFIG, else built-in defaults)")
@@ -55,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser("send", help="queue image files for the cloud (with this kiosk's prediction) and send them")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--wait", type=float, default=10.0,
+                   help="seconds to try sending now when no uplink is running (0: only queue); "
+                        "anything unsent stays queued for the kiosk or `skinscan-device uplink`")
+    p.set_defaults(func=_send)
+
+    p = sub.add_parser("outbox", help="show the store-and-forward queue")
+    p.add_argument("--json", action="store_true", help="one JSON object per capture per line")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_outbox)
+
+    p = sub.add_parser("uplink", help="run the link to the cloud (flush the outbox, keep status) until stopped")
+    p.set_defaults(func=_uplink)
     return parser
 
 
@@ -68,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"skinscan-device: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # OutboxError, UplinkBusy, MqttSetupError: say what is wrong, no traceback
+        if type(exc).__module__.split(".")[0] != "device":
+            raise
+        print(f"skinscan-device: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,220 @@
+"""``skinscan-cloud consume``: captures in, stored cases and results out.
+
+Each worker joins the MQTT v5 shared subscription ``$share/<group>/<prefix>/devices/+/captures``,
+so N workers (on one machine or many) split the captures between them. Per capture:
+
+1. validate with the contract (and that the topic's device sent it, and that the image decodes);
+   anything else goes to the ``dead_letters`` table with the reason and is acknowledged, so one
+   bad message never stops the consumer;
+2. store the image content-addressed and the case in SQL (once: a redelivery only counts);
+3. classify with the float model and test-time augmentation (flips), unless a stored result
+   exists, and store the result;
+4. publish the contract ``Result`` to the device's results topic (and, for a new case, the same
+   compact message on ``dashboard/cases``) and wait for the broker's acknowledgement;
+5. only then acknowledge the capture (paho manual ack). A crash at any step before this leaves
+   the capture unacknowledged in this worker's persistent session, and the broker delivers it
+   again: it is stored once and answered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from sqlalchemy.exc import DBAPIError
+
+from cloud.storage import Storage
+from contract import Capture, ContractError, Result, Topics, decode, encode, utc_now
+from device import imageio, mqttclient, preprocess
+from device.inference import Classifier
+from settings.schema import CloudConfig
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+DB_RETRY_S = 2.0
+
+
+def default_worker_id() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "worker"
+
+
+def tta_views(pixels: np.ndarray) -> list[np.ndarray]:
+    """The model input and its mirror images: a lesion has no preferred orientation."""
+    return [pixels, np.ascontiguousarray(pixels[:, ::-1]), np.ascontiguousarray(pixels[::-1, :])]
+
+
+@dataclass
+class Outcome:
+    kind: str  # "new" | "repeat" | "dead" | "unanswered"
+    capture_id: str | None = None
+    reason: str | None = None
+
+
+class Consumer:
+    def __init__(self, cfg: CloudConfig, *, worker_id: str | None = None, storage: Storage | None = None,
+                 classifier: Classifier | None = None) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.mqtt.topic_prefix)
+        self.worker_id = worker_id or cfg.consumer.worker_id or default_worker_id()
+        self.storage = storage or Storage(cfg.database.url, cfg.storage.image_dir)
+        self.classifier = classifier or Classifier(cfg.model.manifest, role="float", threads=cfg.model.threads)
+        self.subscription = self.topics.shared(cfg.consumer.share_group, self.topics.all_devices("captures"))
+        self.ready = threading.Event()  # subscribed: captures will arrive
+        self.counts = {"new": 0, "repeat": 0, "dead": 0, "unanswered": 0}
+        self._inbox: queue.Queue[tuple[int, mqtt.MQTTMessage]] = queue.Queue()
+        self._generation = 0  # bumped per connection: an ack is only valid on the connection that delivered
+        self._client: mqtt.Client | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.storage.migrate()
+        cfg = self.cfg.mqtt
+        client = mqttclient.build(cfg, client_id=f"consumer-{self.worker_id}", manual_ack=True)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        # Clean start off + session expiry: captures delivered but not acknowledged when this worker
+        # stops, and captures for its share while it is away, wait for it at the broker.
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
+                             properties=mqttclient.connect_properties(cfg, self.cfg.consumer.max_in_flight))
+        self._client = client
+        client.loop_start()
+        log.info("consumer %s connecting to %s:%d for %s", self.worker_id, cfg.host, cfg.port, self.subscription)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self.ready.clear()
+
+    def run(self, stop: threading.Event) -> None:
+        """Process captures until ``stop`` is set."""
+        self.start()
+        try:
+            while not stop.is_set():
+                try:
+                    generation, msg = self._inbox.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._handle(generation, msg, stop)
+        finally:
+            self.stop()
+            self.storage.close()
+
+    def _on_connect(self, client: mqtt.Client, _u: object, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused consumer %s: %s (user %r); retrying", self.worker_id, reason,
+                      self.cfg.mqtt.username)
+            return
+        self._generation += 1
+        client.subscribe(self.subscription, qos=1)
+        log.info("consumer %s connected (session present: %s)", self.worker_id, flags.session_present)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, reasons: list[Any], _p: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("subscription to %s refused: %s", self.subscription, reasons)
+            return
+        log.info("consumer %s ready on %s", self.worker_id, self.subscription)
+        self.ready.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: Any, reason: Any, _p: Any) -> None:
+        self.ready.clear()
+        log.warning("consumer %s lost the broker (%s)", self.worker_id, reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put((self._generation, msg))
+
+    # -- one capture --------------------------------------------------------------------------
+
+    def _handle(self, generation: int, msg: mqtt.MQTTMessage, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                outcome = self.process(msg.topic, msg.payload)
+                break
+            except DBAPIError as exc:
+                # The database is down or locked: keep the capture unacknowledged and try again.
+                log.error("database error on a capture from %s (%s); retrying in %.0f s", msg.topic,
+                          exc.__class__.__name__, DB_RETRY_S)
+                stop.wait(DB_RETRY_S)
+        else:
+            return
+        self.counts[outcome.kind] += 1
+        client = self._client
+        if outcome.kind == "unanswered":
+            return
+        if client is not None and generation == self._generation and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+
+    def process(self, topic: str, payload: bytes) -> Outcome:
+        """Validate, store, classify, answer. Returns how it went; DB errors propagate (retry)."""
+        try:
+            capture, rgb = self._validate(topic, payload)
+        except (ContractError, imageio.ImageError) as exc:
+            reason = str(exc)
+            row = self.storage.dead_letter(topic, reason, payload)
+            log.warning("dead letter %d from %s: %s", row, topic, reason)
+            return Outcome("dead", reason=reason)
+        capture_id = str(capture.capture_id)
+        new = self.storage.record_capture(capture)
+        result = None if new else self.storage.result(capture_id)
+        fresh = result is None
+        if result is None:
+            try:
+                result = self.classify(capture, rgb)
+            except (ValueError, RuntimeError) as exc:
+                reason = f"classification failed: {exc}"
+                self.storage.dead_letter(topic, reason, payload)
+                log.exception("capture %s: %s", capture_id, reason)
+                return Outcome("dead", capture_id, reason)
+            self.storage.save_result(result)
+        if not self._answer(result, to_dashboard=fresh):
+            return Outcome("unanswered", capture_id)  # not acknowledged: the broker delivers it again
+        log.info("capture %s from %s: %s (%.2f)%s", capture_id, capture.device_id, result.label, result.confidence,
+                 "" if new else " [redelivered]")
+        return Outcome("new" if new else "repeat", capture_id)
+
+    def _validate(self, topic: str, payload: bytes) -> tuple[Capture, np.ndarray]:
+        parsed = self.topics.parse(topic)
+        if parsed.kind != "captures":
+            raise ContractError("topic", f"{topic!r} is not a captures topic")
+        capture = decode(payload, Capture)
+        if capture.device_id != parsed.device_id:
+            raise ContractError("device_id", f"capture says {capture.device_id!r} but came on {topic!r}")
+        rgb = imageio.decode(capture.image, name=f"image of capture {capture.capture_id}")
+        return capture, rgb
+
+    def classify(self, capture: Capture, rgb: np.ndarray) -> Result:
+        pixels = preprocess.model_input(rgb, self.classifier.input_size)
+        views = tta_views(pixels) if self.cfg.consumer.tta else [pixels]
+        p = self.classifier.predict_pixels(views)
+        return Result(capture_id=capture.capture_id, device_id=capture.device_id, produced_at=utc_now(),
+                      model_version=p.model_version, label=p.label, confidence=p.confidence,
+                      probabilities=p.probabilities, unsure=p.unsure)
+
+    def _answer(self, result: Result, to_dashboard: bool) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        payload = encode(result)
+        infos = [client.publish(self.topics.results(result.device_id), payload, qos=1)]
+        if to_dashboard:
+            infos.append(client.publish(self.topics.dashboard_cases, payload, qos=1))
+        try:
+            for info in infos:
+                info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("result for %s not published (%s); the capture will be redelivered", result.capture_id, exc)
+            return False
+        return all(info.is_published() for info in infos)
