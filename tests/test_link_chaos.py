@@ -1,0 +1,100 @@
+"""Nothing is lost: 200 captures flow while the broker restarts three times and the kiosk is killed -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud.storage import Storage
+from tests.support.broker import ROOT
+from tests.support.device_proc import capture_id_for
+from tests.support.link import cloud_env, device_env, sample_images, wait_for
+
+N = 200
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.Popen(argv, env=full, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+def _answered(outbox: Path) -> int:
+    db = sqlite3.connect(outbox, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM outbox WHERE result IS NOT NULL").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_200_captures_survive_broker_restarts_and_device_kill(broker, tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, data in enumerate(sample_images(N)):
+        # Distinct bytes per capture even when the image set is small.
+        (images / f"{i:04d}.jpg").write_bytes(data + i.to_bytes(4, "big"))
+    expected = {capture_id_for(f"{i:04d}.jpg") for i in range(N)}
+
+    cenv = cloud_env(broker, tmp_path)
+    consumer_log = tmp_path / "consumer.log"
+    consumer = _spawn([sys.executable, "-m", "cloud.cli", "consume", "--worker-id", "chaos"], cenv, consumer_log)
+    denv = device_env(broker, "kiosk-a", tmp_path)
+    outbox = Path(denv["SKINSCAN_OUTBOX__PATH"])
+    device_log = tmp_path / "device.log"
+    device_argv = [sys.executable, "-m", "tests.support.device_proc", str(images), "0.05"]
+    device = None
+    try:
+        wait_for(lambda: "ready on" in consumer_log.read_text(), 60, "the consumer to subscribe")
+        device = _spawn(device_argv, denv, device_log)
+        storage = Storage(cenv["SKINSCAN_DATABASE__URL"], cenv["SKINSCAN_STORAGE__IMAGE_DIR"])
+
+        def stored() -> int:
+            try:
+                return storage.count_cases()
+            except Exception:  # table not there yet
+                return 0
+
+        # Disruptions spread over the run, each once some captures have made it through.
+        for threshold, action in ((20, "broker"), (60, "kill"), (100, "broker"), (150, "broker")):
+            wait_for(lambda t=threshold: stored() >= t, 60, f"{threshold} stored cases")
+            if action == "broker":
+                broker.restart()
+            else:
+                device.send_signal(signal.SIGKILL)
+                device.wait()
+                device = _spawn(device_argv, denv, device_log)
+        wait_for(lambda: stored() >= N, 90, f"all {N} cases stored")
+        wait_for(lambda: _answered(outbox) >= N, 60, f"all {N} results back on the device")
+
+        cases = storage.cases()
+        assert len(cases) == N
+        assert {c["capture_id"] for c in cases} == expected
+        assert all(c["label"] for c in cases)
+        assert storage.dead_letters() == []
+        db = sqlite3.connect(outbox)
+        rows = db.execute("SELECT capture_id, state, result IS NOT NULL FROM outbox").fetchall()
+        db.close()
+        assert {r[0] for r in rows} == expected
+        assert all(state == "sent" and has_result for _, state, has_result in rows)
+        images_stored = [p for p in Path(cenv["SKINSCAN_STORAGE__IMAGE_DIR"]).rglob("*") if p.is_file()]
+        assert len(images_stored) == N and not [p for p in images_stored if p.name.startswith(".tmp")]
+        redelivered = sum(c["deliveries"] - 1 for c in cases)
+        print(f"{N} cases stored once each; {redelivered} redeliveries absorbed")
+        storage.close()
+    finally:
+        for proc in (device, consumer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
