@@ -128,15 +128,14 @@ class Storage:
     # -- migrations ---------------------------------------------------------------------
 
     @contextmanager
-    def _migration_lock(self, conn: Connection) -> Iterator[None]:
-        if self.engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))  # released at commit
+    def _sqlite_lock(self) -> Iterator[None]:
+        """SQLite: a file lock held until the migration transaction has committed."""
+        db = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or db in (None, "", ":memory:"):
             yield
-        elif self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
-            with open(f"{self.engine.url.database}.migrate.lock", "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                yield
-        else:
+            return
+        with open(f"{db}.migrate.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
     def version(self) -> int:
@@ -147,7 +146,9 @@ class Storage:
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the version reached."""
-        with self.engine.begin() as conn, self._migration_lock(conn):
+        with self._sqlite_lock(), self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))  # held until this transaction ends
             schema_version.create(conn, checkfirst=True)
             done = set(conn.execute(select(schema_version.c.version)).scalars())
             for number, step in MIGRATIONS:

@@ -171,7 +171,8 @@ def test_tls_listener_with_generated_certificates(tls_broker, tmp_path: Path):
     other = tmp_path / "other-ca"
     subprocess.run([str(ROOT / "broker" / "make-certs"), "--dir", str(other), "kiosk-a"], check=True,
                    capture_output=True)
-    foreign = {**good, "certfile": str(other / "clients" / "kiosk-a.crt"), "keyfile": str(other / "clients" / "kiosk-a.key")}
+    foreign = {**good, "certfile": str(other / "clients" / "kiosk-a.crt"),
+               "keyfile": str(other / "clients" / "kiosk-a.key")}
     assert not Probe(tls_broker.tls_port, "kiosk-a", tls_broker.secret("kiosk-a"), tls=foreign).ok
     wrong_ca = {**good, "ca_certs": str(other / "ca.crt")}
     probe = Probe(tls_broker.tls_port, "kiosk-a", tls_broker.secret("kiosk-a"), tls=wrong_ca)

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ N = 200
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.Popen(argv, env=full, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _answered(outbox: Path) -> int:
