@@ -98,3 +98,41 @@ def test_200_captures_survive_broker_restarts_and_device_kill(broker, tmp_path: 
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+@pytest.mark.slow
+def test_consumer_killed_mid_way_gets_the_unacknowledged_captures_again(broker, tmp_path: Path):
+    """The consumer acknowledges a capture only after storing and answering it: kill -9 it while it
+    holds some, and the restarted worker (same session) receives them again."""
+    n = 40
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, data in enumerate(sample_images(n)):
+        (images / f"{i:04d}.jpg").write_bytes(data + i.to_bytes(4, "big"))
+    cenv = cloud_env(broker, tmp_path)
+    log = tmp_path / "consumer.log"
+    argv = [sys.executable, "-m", "cloud.cli", "consume", "--worker-id", "crashy"]
+    consumer = _spawn(argv, cenv, log)
+    denv = device_env(broker, "kiosk-a", tmp_path)
+    device = None
+    storage = Storage(cenv["SKINSCAN_DATABASE__URL"], cenv["SKINSCAN_STORAGE__IMAGE_DIR"])
+    try:
+        wait_for(lambda: "ready on" in log.read_text(), 60, "the consumer to subscribe")
+        device = _spawn([sys.executable, "-m", "tests.support.device_proc", str(images), "0"], denv,
+                        tmp_path / "device.log")
+        wait_for(lambda: storage.count_cases() >= 5, 60, "the first cases")
+        consumer.send_signal(signal.SIGKILL)
+        consumer.wait()
+        killed_at = storage.count_cases()
+        assert killed_at < n, "the consumer finished before it could be killed; the test proves nothing"
+        consumer = _spawn(argv, cenv, log)
+        wait_for(lambda: storage.count_cases() >= n, 60, f"all {n} cases")
+        wait_for(lambda: _answered(Path(denv["SKINSCAN_OUTBOX__PATH"])) >= n, 60, "every result on the device")
+        assert len({c["capture_id"] for c in storage.cases()}) == n
+        assert storage.dead_letters() == []
+    finally:
+        storage.close()
+        for proc in (device, consumer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
