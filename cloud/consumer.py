@@ -6,14 +6,18 @@ so N workers (on one machine or many) split the captures between them. Per captu
 1. validate with the contract (and that the topic's device sent it, and that the image decodes);
    anything else goes to the ``dead_letters`` table with the reason and is acknowledged, so one
    bad message never stops the consumer;
-2. store the image content-addressed and the case in SQL (once: a redelivery only counts);
-3. classify with the float model and test-time augmentation (flips), unless a stored result
-   exists, and store the result;
-4. publish the contract ``Result`` to the device's results topic (and, for a new case, the same
+2. if the case is already stored with its result (a redelivery), only count it and reuse that
+   result; else classify with the float model and test-time augmentation (flips), then store
+   the image content-addressed and the case with its result in SQL in one transaction;
+3. publish the contract ``Result`` to the device's results topic (and, for a new case, the same
    compact message on ``dashboard/cases``) and wait for the broker's acknowledgement;
-5. only then acknowledge the capture (paho manual ack). A crash at any step before this leaves
+4. only then acknowledge the capture (paho manual ack). A crash at any step before this leaves
    the capture unacknowledged in this worker's persistent session, and the broker delivers it
    again: it is stored once and answered again.
+
+A graceful stop (SIGTERM) leaves the share group first and finishes what it already holds; a
+crashed worker must come back with the same ``worker_id`` (systemd restarts it) to get the
+captures it held, which wait in its session for ``mqtt.session_expiry_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import queue
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,9 +114,34 @@ class Consumer:
                 except queue.Empty:
                     continue
                 self._handle(generation, msg, stop)
+            self._drain()
         finally:
             self.stop()
             self.storage.close()
+
+    def _drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+        """Graceful stop: leave the share group, then finish what the broker already handed us.
+
+        Without this, a stopped worker's persistent session would stay in the group and keep
+        receiving its share of captures until it came back."""
+        client = self._client
+        if client is None or not client.is_connected():
+            return
+        client.unsubscribe(self.subscription)
+        give_up = threading.Event()
+        timer = threading.Timer(limit_s, give_up.set)
+        timer.start()
+        last = time.monotonic()
+        try:
+            while not give_up.is_set() and time.monotonic() - last < quiet_s:
+                try:
+                    generation, msg = self._inbox.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._handle(generation, msg, give_up)
+                last = time.monotonic()
+        finally:
+            timer.cancel()
 
     def _on_connect(self, client: mqtt.Client, _u: object, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -167,10 +197,10 @@ class Consumer:
             log.warning("dead letter %d from %s: %s", row, topic, reason)
             return Outcome("dead", reason=reason)
         capture_id = str(capture.capture_id)
-        new = self.storage.record_capture(capture)
-        result = None if new else self.storage.result(capture_id)
-        fresh = result is None
-        if result is None:
+        result = self.storage.result(capture_id)
+        if result is not None:  # a redelivery: answer with what was stored, do not classify again
+            new = self.storage.record_capture(capture)
+        else:
             try:
                 result = self.classify(capture, rgb)
             except (ValueError, RuntimeError) as exc:
@@ -178,8 +208,12 @@ class Consumer:
                 self.storage.dead_letter(topic, reason, payload)
                 log.exception("capture %s: %s", capture_id, reason)
                 return Outcome("dead", capture_id, reason)
-            self.storage.save_result(result)
-        if not self._answer(result, to_dashboard=fresh):
+            # One transaction for the case and its result; if another worker stored it meanwhile,
+            # answer with the stored result so the device never sees two different answers.
+            new = self.storage.record_capture(capture, result)
+            if not new:
+                result = self.storage.result(capture_id) or result
+        if not self._answer(result, to_dashboard=new):
             return Outcome("unanswered", capture_id)  # not acknowledged: the broker delivers it again
         log.info("capture %s from %s: %s (%.2f)%s", capture_id, capture.device_id, result.label, result.confidence,
                  "" if new else " [redelivered]")

@@ -197,8 +197,11 @@ class Storage:
 
     # -- cases --------------------------------------------------------------------------
 
-    def record_capture(self, capture: Capture, received_at: datetime | None = None) -> bool:
-        """Store a capture's image and case once; a redelivery only counts. True when new."""
+    def record_capture(self, capture: Capture, result: Result | None = None,
+                       received_at: datetime | None = None) -> bool:
+        """Store a capture's image and case (with its result, in the same transaction) once.
+
+        A redelivery only counts (and fills in the result if the case had none). True when new."""
         self.put_image(capture.image)
         pred = capture.device_prediction
         row = {
@@ -213,22 +216,25 @@ class Storage:
             "locale": capture.locale,
             "pairing_token_sha256": capture.pairing_token_sha256,
             "device_prediction": pred.model_dump_json() if pred else None,
+            **_result_columns(result),
         }
         try:
             with self.engine.begin() as conn:
                 conn.execute(cases.insert().values(**row))
             return True
         except IntegrityError:
-            with self.engine.begin() as conn:
-                conn.execute(update(cases).where(cases.c.capture_id == row["capture_id"])
-                             .values(deliveries=cases.c.deliveries + 1))
-            return False
+            pass
+        with self.engine.begin() as conn:
+            key = cases.c.capture_id == row["capture_id"]
+            conn.execute(update(cases).where(key).values(deliveries=cases.c.deliveries + 1))
+            if result is not None:
+                conn.execute(update(cases).where(key, cases.c.label.is_(None)).values(**_result_columns(result)))
+        return False
 
     def save_result(self, result: Result) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(cases).where(cases.c.capture_id == str(result.capture_id)).values(
-                label=result.label, confidence=result.confidence, probabilities=json.dumps(result.probabilities),
-                unsure=result.unsure, model_version=result.model_version, result_at=result.produced_at))
+            conn.execute(update(cases).where(cases.c.capture_id == str(result.capture_id))
+                         .values(**_result_columns(result)))
 
     def result(self, capture_id: str) -> Result | None:
         """The stored cloud classification of a case, as the contract message (None if not yet)."""
@@ -273,6 +279,13 @@ class Storage:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [{**r, "received_at": _aware(r["received_at"])} for r in conn.execute(query).mappings()]
+
+
+def _result_columns(result: Result | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {"label": result.label, "confidence": result.confidence, "probabilities": json.dumps(result.probabilities),
+            "unsure": result.unsure, "model_version": result.model_version, "result_at": result.produced_at}
 
 
 def _case(row: Any) -> dict[str, Any]:
