@@ -10,8 +10,9 @@ so N workers (on one machine or many) split the captures between them. Per captu
    result; else classify with the float model and test-time augmentation (flips), then store
    the image content-addressed and the case with its result in SQL in one transaction;
 3. publish the contract ``Result`` to the device's results topic (and, for a new case, the same
-   compact message on ``dashboard/cases``) and wait for the broker's acknowledgement;
-4. only then acknowledge the capture (paho manual ack). A crash at any step before this leaves
+   compact message on ``dashboard/cases``), QoS 1;
+4. when the broker has acknowledged those, acknowledge the capture (paho manual ack); the next
+   capture is processed meanwhile. A crash at any step before this leaves
    the capture unacknowledged in this worker's persistent session, and the broker delivers it
    again: it is stored once and answered again.
 
@@ -28,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,6 @@ from settings.schema import CloudConfig
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT_S = 10.0
 DB_RETRY_S = 2.0
 
 
@@ -61,6 +61,15 @@ class Outcome:
     kind: str  # "new" | "repeat" | "dead" | "unanswered"
     capture_id: str | None = None
     reason: str | None = None
+    mids: list[int] = field(default_factory=list)  # result publishes to see acknowledged
+
+
+@dataclass
+class _Answer:
+    capture_mid: int
+    qos: int
+    generation: int
+    mids: set[int]
 
 
 class Consumer:
@@ -74,8 +83,12 @@ class Consumer:
         self.subscription = self.topics.shared(cfg.consumer.share_group, self.topics.all_devices("captures"))
         self.ready = threading.Event()  # subscribed: captures will arrive
         self.counts = {"new": 0, "repeat": 0, "dead": 0, "unanswered": 0}
-        self._inbox: queue.Queue[tuple[int, mqtt.MQTTMessage]] = queue.Queue()
+        # Captures in, and PUBACKs for our results: one queue, one processing thread.
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._generation = 0  # bumped per connection: an ack is only valid on the connection that delivered
+        # Result publish mid -> the capture it answers; the capture is acknowledged when all its
+        # results are. Not waiting in line for each PUBACK lets the next capture start meanwhile.
+        self._awaiting: dict[int, _Answer] = {}
         self._client: mqtt.Client | None = None
 
     # -- connection -------------------------------------------------------------------------
@@ -89,6 +102,7 @@ class Consumer:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         # Clean start off + session expiry: captures delivered but not acknowledged when this worker
         # stops, and captures for its share while it is away, wait for it at the broker.
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
@@ -109,15 +123,25 @@ class Consumer:
         self.start()
         try:
             while not stop.is_set():
-                try:
-                    generation, msg = self._inbox.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                self._handle(generation, msg, stop)
+                self._step(stop, timeout=0.5)
             self._drain()
         finally:
             self.stop()
             self.storage.close()
+
+    def _step(self, stop: threading.Event, timeout: float) -> bool:
+        """Handle one event (a capture, or the broker's acknowledgement of a result); False if none came."""
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if event[0] == "message":
+            self._handle(event[1], event[2], stop)
+        elif event[0] == "published":
+            self._published(event[1])
+        else:  # reconnected
+            self._awaiting = {m: a for m, a in self._awaiting.items() if a.generation == self._generation}
+        return True
 
     def _drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
         """Graceful stop: leave the share group, then finish what the broker already handed us.
@@ -133,13 +157,9 @@ class Consumer:
         timer.start()
         last = time.monotonic()
         try:
-            while not give_up.is_set() and time.monotonic() - last < quiet_s:
-                try:
-                    generation, msg = self._inbox.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                self._handle(generation, msg, give_up)
-                last = time.monotonic()
+            while not give_up.is_set() and (self._awaiting or time.monotonic() - last < quiet_s):
+                if self._step(give_up, timeout=0.1):
+                    last = time.monotonic()
         finally:
             timer.cancel()
 
@@ -149,6 +169,9 @@ class Consumer:
                       self.cfg.mqtt.username)
             return
         self._generation += 1
+        # Results published on the old connection are re-sent by paho, but the captures they
+        # answer will be redelivered and answered again: stop waiting to acknowledge those.
+        self._events.put(("reconnected",))
         client.subscribe(self.subscription, qos=1)
         log.info("consumer %s connected (session present: %s)", self.worker_id, flags.session_present)
 
@@ -164,7 +187,11 @@ class Consumer:
         log.warning("consumer %s lost the broker (%s)", self.worker_id, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put((self._generation, msg))
+        self._events.put(("message", self._generation, msg))
+
+    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, _reason: Any, _p: Any) -> None:
+        # Under paho's lock: hand over to the processing thread, which owns ``_awaiting``.
+        self._events.put(("published", mid))
 
     # -- one capture --------------------------------------------------------------------------
 
@@ -181,11 +208,26 @@ class Consumer:
         else:
             return
         self.counts[outcome.kind] += 1
-        client = self._client
-        if outcome.kind == "unanswered":
+        if outcome.kind == "unanswered" or msg.qos == 0:
             return
-        if client is not None and generation == self._generation and msg.qos > 0:
-            client.ack(msg.mid, msg.qos)
+        answer = _Answer(msg.mid, msg.qos, generation, set(outcome.mids))
+        if not answer.mids:  # dead letter: nothing to wait for
+            self._ack(answer)
+        for mid in answer.mids:
+            self._awaiting[mid] = answer
+
+    def _published(self, mid: int) -> None:
+        answer = self._awaiting.pop(mid, None)
+        if answer is None:
+            return
+        answer.mids.discard(mid)
+        if not answer.mids:
+            self._ack(answer)
+
+    def _ack(self, answer: _Answer) -> None:
+        client = self._client
+        if client is not None and answer.generation == self._generation:
+            client.ack(answer.capture_mid, answer.qos)
 
     def process(self, topic: str, payload: bytes) -> Outcome:
         """Validate, store, classify, answer. Returns how it went; DB errors propagate (retry)."""
@@ -213,11 +255,12 @@ class Consumer:
             new = self.storage.record_capture(capture, result)
             if not new:
                 result = self.storage.result(capture_id) or result
-        if not self._answer(result, to_dashboard=new):
+        mids = self._answer(result, to_dashboard=new)
+        if mids is None:
             return Outcome("unanswered", capture_id)  # not acknowledged: the broker delivers it again
         log.info("capture %s from %s: %s (%.2f)%s", capture_id, capture.device_id, result.label, result.confidence,
                  "" if new else " [redelivered]")
-        return Outcome("new" if new else "repeat", capture_id)
+        return Outcome("new" if new else "repeat", capture_id, mids=mids)
 
     def _validate(self, topic: str, payload: bytes) -> tuple[Capture, np.ndarray]:
         parsed = self.topics.parse(topic)
@@ -237,18 +280,17 @@ class Consumer:
                       model_version=p.model_version, label=p.label, confidence=p.confidence,
                       probabilities=p.probabilities, unsure=p.unsure)
 
-    def _answer(self, result: Result, to_dashboard: bool) -> bool:
+    def _answer(self, result: Result, to_dashboard: bool) -> list[int] | None:
+        """Publish the result (QoS 1); the message ids to wait for, or None if it could not be queued."""
         client = self._client
         if client is None:
-            return False
+            return None
         payload = encode(result)
         infos = [client.publish(self.topics.results(result.device_id), payload, qos=1)]
         if to_dashboard:
             infos.append(client.publish(self.topics.dashboard_cases, payload, qos=1))
-        try:
-            for info in infos:
-                info.wait_for_publish(PUBLISH_TIMEOUT_S)
-        except (RuntimeError, ValueError) as exc:
-            log.warning("result for %s not published (%s); the capture will be redelivered", result.capture_id, exc)
-            return False
-        return all(info.is_published() for info in infos)
+        if any(info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN) for info in infos):
+            log.warning("result for %s not queued (%s); the capture will be redelivered", result.capture_id,
+                        [mqtt.error_string(i.rc) for i in infos])
+            return None
+        return [info.mid for info in infos]
