@@ -44,8 +44,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def start_workers(broker: Broker, tmp: Path, n: int, tag: str) -> tuple[list[subprocess.Popen], dict[str, str]]:
-    env = cloud_env(broker, tmp, SKINSCAN_CONSUMER__WORKER_ID=tag)
+def start_workers(broker: Broker, tmp: Path, n: int, tag: str,
+                  db_url: str | None = None) -> tuple[list[subprocess.Popen], dict[str, str]]:
+    env = cloud_env(broker, tmp, db_url, SKINSCAN_CONSUMER__WORKER_ID=tag)
     full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"consumer-{tag}.log"
@@ -101,8 +102,9 @@ def latency(broker: Broker, tmp: Path, images: list[bytes], count: int) -> list[
         stop_workers(procs)
 
 
-def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, workers: int) -> float:
-    procs, env = start_workers(broker, tmp / f"tp{workers}", workers, f"tp{workers}")
+def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, workers: int,
+               db_url: str | None = None) -> float:
+    procs, env = start_workers(broker, tmp, workers, tmp.name, db_url)
     storage = Storage(env["SKINSCAN_DATABASE__URL"], env["SKINSCAN_STORAGE__IMAGE_DIR"])
     before = storage.count_cases()
     # Distinct bytes per capture (a JPEG decoder ignores bytes after the end marker), so every
@@ -110,7 +112,7 @@ def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, worke
     payloads = [encode(Capture.from_image(images[i % len(images)] + i.to_bytes(4, "big"), device_id="kiosk-b"))
                 for i in range(burst)]
     topic = Topics(load_cloud(environ=env).mqtt.topic_prefix).captures("kiosk-b")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{workers}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{tmp.name}", protocol=mqtt.MQTTv5)
     client.username_pw_set("kiosk-b", broker.secret("kiosk-b"))
     client.max_inflight_messages_set(100)
     client.connect("127.0.0.1", broker.port)
@@ -129,11 +131,34 @@ def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, worke
         stop_workers(procs)
 
 
+def scratch_database(admin_url: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    name = f"skinscan_bench_{os.getpid()}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    engine.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captures", type=int, default=500, help="latency samples")
     parser.add_argument("--burst", type=int, default=300, help="captures per throughput run")
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
+    parser.add_argument("--pg", metavar="ADMIN_URL",
+                        help="also measure throughput on PostgreSQL (a scratch database is created and dropped), "
+                             "e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     images = sample_images(50)
     with tempfile.TemporaryDirectory(prefix="skinscan-bench-") as d:
@@ -149,14 +174,22 @@ def main() -> int:
             print(f"latency send -> result over {len(samples)} captures: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
                   f"max {max(samples):.1f} ms, mean {statistics.mean(samples):.1f} ms "
                   f"(targets: p50 <= 100, p99 <= 300)", flush=True)
-            rates = {}
-            for n in (int(w) for w in args.workers.split(",")):
-                rates[n] = throughput(broker, tmp, images, args.burst, n)
-                print(f"throughput with {n} worker(s): {rates[n]:.1f} images/s ({rates[n] / n:.1f} per worker)",
-                      flush=True)
-            if 1 in rates and 2 in rates:
-                print(f"scaling 1 -> 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.7x; "
-                      f"load average now {os.getloadavg()[0]:.2f})", flush=True)
+            databases = [("sqlite", None)]
+            if args.pg:
+                databases.append(("postgresql", scratch_database(args.pg)))
+            try:
+                for name, url in databases:
+                    rates = {}
+                    for n in (int(w) for w in args.workers.split(",")):
+                        rates[n] = throughput(broker, tmp / f"{name}-{n}", images, args.burst, n, url)
+                        print(f"throughput on {name} with {n} worker(s): {rates[n]:.1f} images/s "
+                              f"({rates[n] / n:.1f} per worker; load average {os.getloadavg()[0]:.2f})", flush=True)
+                    if 1 in rates and 2 in rates:
+                        print(f"scaling on {name}, 1 -> 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.7x)",
+                              flush=True)
+            finally:
+                if args.pg:
+                    drop_database(args.pg, databases[-1][1])
         finally:
             broker.stop()
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 
 import paho.mqtt.client as mqtt
@@ -32,6 +34,7 @@ def build(cfg: MqttConfig, client_id: str, *, manual_ack: bool = False) -> mqtt.
     """A client with a fixed id for a persistent session (clean start off), credentials and TLS."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=manual_ack)
+    client.on_socket_open = _no_delay
     if cfg.username:
         client.username_pw_set(cfg.username, password(cfg))
     if cfg.tls:
@@ -44,6 +47,13 @@ def build(cfg: MqttConfig, client_id: str, *, manual_ack: bool = False) -> mqtt.
                        keyfile=str(cfg.key_file) if cfg.key_file else None,
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
     return client
+
+
+def _no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+    # paho leaves Nagle's algorithm on: a PUBACK or a small result would then wait for the
+    # peer's delayed ACK (about 40 ms on Linux) behind an unacknowledged capture.
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect_properties(cfg: MqttConfig, receive_maximum: int | None = None) -> Properties:
