@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,7 @@ class Service:
     argv: list[str]
     url: str | None = None
     ready_port: int | None = None  # started once something listens here
+    env: dict[str, str] = field(default_factory=dict)  # added to this service's environment
 
 
 def services(env: dict[str, str]) -> list[Service]:
@@ -37,7 +38,23 @@ def services(env: dict[str, str]) -> list[Service]:
                            env.get("SKINSCAN_BROKER_WS_PORT", "9001"), "--data-dir", str(VAR / "broker"),
                            "--device", env.get("SKINSCAN_DEVICE_ID", "kiosk-01")],
                 f"mqtt://127.0.0.1:{broker_port}", int(broker_port)),
+        *_cloud_consumer(env),
     ]
+
+
+def _cloud_consumer(env: dict[str, str]) -> list[Service]:
+    """`skinscan-cloud consume`, on the run dir's broker account and database (needs the model)."""
+    manifest = Path(env.get("SKINSCAN_MODEL__MANIFEST", ROOT / "models" / "model.json"))
+    if not manifest.is_file():
+        log.warning("no model at %s: the cloud consumer is not started (captures wait in the broker)", manifest)
+        return []
+    cloud = VAR / "cloud"
+    return [Service("consumer", [sys.executable, "-m", "cloud.cli", "consume"], env={
+        "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / "cloud.secret"),
+        "SKINSCAN_BROKER__DATA_DIR": str(VAR / "broker"),
+        "SKINSCAN_DATABASE__URL": env.get("SKINSCAN_DATABASE__URL", f"sqlite:///{cloud / 'skinscan.sqlite3'}"),
+        "SKINSCAN_STORAGE__IMAGE_DIR": str(cloud / "images"),
+    })]
 
 
 def _wait_ready(service: Service, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -80,7 +97,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         for service in services(env):
-            proc = subprocess.Popen(service.argv, cwd=ROOT, env=env, start_new_session=True)
+            proc = subprocess.Popen(service.argv, cwd=ROOT, env={**env, **service.env}, start_new_session=True)
             procs.append((service, proc))
             log.info("started %s (pid %d)", service.name, proc.pid)
             if service.ready_port:

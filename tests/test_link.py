@@ -19,7 +19,15 @@ from contract import MAX_MESSAGE_BYTES, Capture, DeviceStatus, Result, decode, e
 from device.outbox import OutboxFull
 from device.uplink import Uplink, UplinkBusy
 from tests.support.broker import ROOT
-from tests.support.link import cloud_config, cloud_env, device_config, device_env, sample_images, wait_for
+from tests.support.link import (
+    cloud_config,
+    cloud_env,
+    device_config,
+    device_env,
+    manifest_path,
+    sample_images,
+    wait_for,
+)
 from tests.test_broker_security import Probe
 
 PREFIX = "skinscan/v1"
@@ -246,3 +254,31 @@ def test_cli_send_outbox_and_cases(broker, consumer, tmp_path: Path):
     assert {c["capture_id"] for c in cases} == set(ids)
     for c in cases:
         assert c["device_id"] == "kiosk-a" and c["label"] in consumer.classifier.labels and c["received_at"]
+
+
+def test_make_run_starts_a_consumer_that_answers(tmp_path: Path):
+    from tests.support.broker import free_port
+
+    manifest_path()
+    port = free_port()
+    var = tmp_path / "var"
+    env = {**os.environ, "SKINSCAN_MQTT__PORT": str(port), "SKINSCAN_BROKER_WS_PORT": str(free_port()),
+           "SKINSCAN_RUN_DIR": str(var), "SKINSCAN_MODEL__MANIFEST": str(manifest_path()), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_local.py")], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while "Press Ctrl-C" not in (line := proc.stdout.readline()):
+            assert line, "run_local exited early"
+        kiosk = Probe(port, "kiosk-01", (var / "broker" / "credentials" / "kiosk-01.secret").read_text().strip())
+        kiosk.subscribe(f"{PREFIX}/devices/kiosk-01/results")
+        capture = Capture.from_image(sample_images(1)[0], device_id="kiosk-01")
+        # Until the consumer has subscribed the broker answers "no matching subscribers": try again.
+        wait_for(lambda: kiosk.publish(f"{PREFIX}/devices/kiosk-01/captures", encode(capture)).value == 0, 60,
+                 "the consumer to subscribe", interval=0.5)
+        wait_for(lambda: kiosk.messages, 30, "the result")
+        assert str(decode(kiosk.messages[0][1], Result).capture_id) == str(capture.capture_id)
+        kiosk.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
