@@ -25,12 +25,19 @@ def _consume(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _consume_many(args, cfg.consumer.worker_id)
     from cloud.consumer import Consumer
+    from device.inference import BackendError
+    from device.mqttclient import MqttSetupError
+    from models.manifest import ManifestError
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    consumer = Consumer(cfg, worker_id=args.worker_id)
-    consumer.run(stop)
+    try:
+        consumer = Consumer(cfg, worker_id=args.worker_id)
+        consumer.run(stop)
+    except (ManifestError, BackendError, MqttSetupError) as exc:
+        print(f"skinscan-cloud consume: {exc}", file=sys.stderr)
+        return 1
     log.info("consumer %s stopped: %s", consumer.worker_id, consumer.counts)
     return 0
 

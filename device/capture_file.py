@@ -88,7 +88,8 @@ def flush(cfg: DeviceConfig, capture_ids: list[str], wait_s: float) -> None:
             time.sleep(0.1)
         left = sum(uplink.state(c)["state"] == "queued" for c in capture_ids)
         if left:
-            print(f"{left} of {len(capture_ids)} still queued (broker unreachable? {uplink.stats()['last_error']}); "
+            why = uplink.stats()["last_error"] or "no acknowledgement yet"
+            print(f"{left} of {len(capture_ids)} still queued ({why}); "
                   f"the kiosk or `skinscan-device uplink` sends them later", file=sys.stderr)
         else:
             print(f"{len(capture_ids)} sent to the broker", file=sys.stderr)

@@ -73,14 +73,22 @@ class Uplink:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._take_lock()
         cfg = self.cfg.mqtt
+        if cfg.username and cfg.username != self.device_id:
+            # The broker's ACL names a device's topics by its username (%u): any other name is refused.
+            raise mqttclient.MqttSetupError(
+                f"mqtt.username is {cfg.username!r} but device_id is {self.device_id!r}; a kiosk's broker "
+                f"account must be named by its device_id (leave mqtt.username empty to use it)")
+        if not cfg.username:
+            cfg = cfg.model_copy(update={"username": self.device_id})
+        self._take_lock()
         client = mqttclient.build(cfg, client_id=self.device_id)
         client.will_set(self.topics.status(self.device_id), self._status("offline"), qos=1, retain=True)
         client.reconnect_delay_set(max(1, round(self.cfg.outbox.retry_initial_s)),
                                    max(1, round(self.cfg.outbox.retry_max_s)))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False,
@@ -172,6 +180,10 @@ class Uplink:
         self.last_error = None
         self._connected.set()
         self._events.put(_WAKE)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        self.last_error = f"cannot reach the broker at {self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+        log.warning("%s; captures stay queued, retrying", self.last_error)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: Any, reason: Any, _props: Any) -> None:
         self._connected.clear()

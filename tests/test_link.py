@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloud.consumer import Consumer
-from contract import MAX_MESSAGE_BYTES, Capture, DeviceStatus, Result, decode, encode
+from contract import MAX_MESSAGE_BYTES, Capture, DeviceStatus, Feedback, Result, decode, encode, utc_now
 from device.outbox import OutboxFull
 from device.uplink import Uplink, UplinkBusy
 from tests.support.broker import ROOT
@@ -91,6 +91,14 @@ def test_capture_goes_to_the_cloud_and_the_result_comes_back(broker, consumer, u
     events = [decode(p, Result) for _, p in dashboard.messages]
     assert {str(e.capture_id) for e in events} == set(ids)
     dashboard.close()
+    # A doctor's feedback reaches the device too.
+    cloud = Probe(broker.port, "cloud", broker.secret("cloud"))
+    feedback = Feedback(capture_id=ids[0], device_id="kiosk-a", given_at=utc_now(), doctor="Dr. Amal",
+                        label=labels[0], recommendation="Benign-looking; recheck in 6 months.")
+    assert not cloud.publish(f"{PREFIX}/devices/kiosk-a/feedback", encode(feedback)).is_failure
+    wait_for(lambda: uplink.state(ids[0])["feedback"], 10, "the feedback on the device")
+    assert uplink.state(ids[0])["feedback"] == feedback
+    cloud.close()
 
 
 def test_redelivered_capture_is_stored_once_and_answered_again(broker, consumer):
@@ -175,6 +183,14 @@ def test_no_consumer_yet_keeps_the_capture_queued(broker, tmp_path: Path, uplink
         wait_for(lambda: uplink.state(capture_id)["state"] == "answered", 30, "the result once a consumer runs")
     finally:
         running.stop()
+
+
+def test_uplink_refuses_a_username_other_than_its_device_id(broker, tmp_path: Path):
+    from device.mqttclient import MqttSetupError
+
+    cfg = device_config(broker, "kiosk-a", tmp_path, SKINSCAN_MQTT__USERNAME="kiosk-b")
+    with pytest.raises(MqttSetupError, match="must be named by its device_id"):
+        Uplink(cfg).start()
 
 
 def test_one_uplink_per_outbox_and_bounded_send(broker, tmp_path: Path, uplink):
