@@ -25,6 +25,14 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(argv, env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
+def _rows(outbox: Path) -> int:
+    db = sqlite3.connect(outbox, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    finally:
+        db.close()
+
+
 def _answered(outbox: Path) -> int:
     db = sqlite3.connect(outbox, timeout=30)
     try:
@@ -71,6 +79,8 @@ def test_200_captures_survive_broker_restarts_and_device_kill(broker, tmp_path: 
             else:
                 device.send_signal(signal.SIGKILL)
                 device.wait()
+                held = _rows(outbox)
+                assert held < N, "the kiosk had queued everything before the kill; the test proves nothing"
                 device = _spawn(device_argv, denv, device_log)
         wait_for(lambda: stored() >= N, 90, f"all {N} cases stored")
         wait_for(lambda: _answered(outbox) >= N, 60, f"all {N} results back on the device")
@@ -88,7 +98,7 @@ def test_200_captures_survive_broker_restarts_and_device_kill(broker, tmp_path: 
         images_stored = [p for p in Path(cenv["SKINSCAN_STORAGE__IMAGE_DIR"]).rglob("*") if p.is_file()]
         assert len(images_stored) == N and not [p for p in images_stored if p.name.startswith(".tmp")]
         redelivered = sum(c["deliveries"] - 1 for c in cases)
-        print(f"{N} cases stored once each; {redelivered} redeliveries absorbed")
+        print(f"{N} cases stored once each; {redelivered} redeliveries absorbed; kiosk killed holding {held}")
         storage.close()
     finally:
         for proc in (device, consumer):
