@@ -102,8 +102,15 @@ def latency(broker: Broker, tmp: Path, images: list[bytes], count: int) -> list[
         stop_workers(procs)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, workers: int,
-               db_url: str | None = None) -> float:
+               db_url: str | None = None) -> tuple[float, float]:
+    """Images per second (wall clock), and the workers' CPU milliseconds per image."""
     procs, env = start_workers(broker, tmp, workers, tmp.name, db_url)
     storage = Storage(env["SKINSCAN_DATABASE__URL"], env["SKINSCAN_STORAGE__IMAGE_DIR"])
     before = storage.count_cases()
@@ -118,12 +125,14 @@ def throughput(broker: Broker, tmp: Path, images: list[bytes], burst: int, worke
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
+        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
         start = time.perf_counter()
         infos = [client.publish(topic, p, qos=1) for p in payloads]
         for info in infos:
             info.wait_for_publish(60)
         wait_for(lambda: storage.count_cases() - before >= burst, 600, f"{burst} cases", interval=0.02)
-        return burst / (time.perf_counter() - start)
+        rate = burst / (time.perf_counter() - start)
+        return rate, (sum(cpu_seconds(p.pid) for p in procs) - cpu_before) / burst * 1000
     finally:
         client.disconnect()
         client.loop_stop()
@@ -181,9 +190,10 @@ def main() -> int:
                 for name, url in databases:
                     rates = {}
                     for n in (int(w) for w in args.workers.split(",")):
-                        rates[n] = throughput(broker, tmp / f"{name}-{n}", images, args.burst, n, url)
+                        rates[n], cpu_ms = throughput(broker, tmp / f"{name}-{n}", images, args.burst, n, url)
                         print(f"throughput on {name} with {n} worker(s): {rates[n]:.1f} images/s "
-                              f"({rates[n] / n:.1f} per worker; load average {os.getloadavg()[0]:.2f})", flush=True)
+                              f"({rates[n] / n:.1f} per worker; worker CPU {cpu_ms:.1f} ms per image; "
+                              f"load average {os.getloadavg()[0]:.2f})", flush=True)
                     if 1 in rates and 2 in rates:
                         print(f"scaling on {name}, 1 -> 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.7x)",
                               flush=True)

@@ -6,9 +6,9 @@ so N workers (on one machine or many) split the captures between them. Per captu
 1. validate with the contract (and that the topic's device sent it, and that the image decodes);
    anything else goes to the ``dead_letters`` table with the reason and is acknowledged, so one
    bad message never stops the consumer;
-2. if the case is already stored with its result (a redelivery), only count it and reuse that
-   result; else classify with the float model and test-time augmentation (flips), then store
-   the image content-addressed and the case with its result in SQL in one transaction;
+2. classify with the float model and test-time augmentation (flips), then store the image
+   content-addressed and the case with its result in SQL in one transaction; if the case is
+   already there (a redelivery), only count it and answer with the stored result;
 3. publish the contract ``Result`` to the device's results topic (and, for a new case, the same
    compact message on ``dashboard/cases``), QoS 1;
 4. when the broker has acknowledged those, acknowledge the capture (paho manual ack); the next
@@ -239,22 +239,19 @@ class Consumer:
             log.warning("dead letter %d from %s: %s", row, topic, reason)
             return Outcome("dead", reason=reason)
         capture_id = str(capture.capture_id)
-        result = self.storage.result(capture_id)
-        if result is not None:  # a redelivery: answer with what was stored, do not classify again
-            new = self.storage.record_capture(capture)
-        else:
-            try:
-                result = self.classify(capture, rgb)
-            except (ValueError, RuntimeError) as exc:
-                reason = f"classification failed: {exc}"
-                self.storage.dead_letter(topic, reason, payload)
-                log.exception("capture %s: %s", capture_id, reason)
-                return Outcome("dead", capture_id, reason)
-            # One transaction for the case and its result; if another worker stored it meanwhile,
-            # answer with the stored result so the device never sees two different answers.
-            new = self.storage.record_capture(capture, result)
-            if not new:
-                result = self.storage.result(capture_id) or result
+        try:
+            result = self.classify(capture, rgb)
+        except (ValueError, RuntimeError) as exc:
+            reason = f"classification failed: {exc}"
+            self.storage.dead_letter(topic, reason, payload)
+            log.exception("capture %s: %s", capture_id, reason)
+            return Outcome("dead", capture_id, reason)
+        # One transaction for the case and its result. A redelivery (or another worker that got
+        # there first) only counts, and the device is answered with the stored result, so it never
+        # sees two different answers. Classifying first saves a read per capture; redeliveries are rare.
+        new = self.storage.record_capture(capture, result)
+        if not new:
+            result = self.storage.result(capture_id) or result
         mids = self._answer(result, to_dashboard=new)
         if mids is None:
             return Outcome("unanswered", capture_id)  # not acknowledged: the broker delivers it again

@@ -115,7 +115,9 @@ class Storage:
     def __init__(self, url: str, image_dir: str | Path) -> None:
         self.url = url
         self.image_dir = Path(image_dir)
-        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        # No pre-ping (a round trip per query): a dropped connection raises, the consumer retries,
+        # and SQLAlchemy replaces the connection.
+        self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             db = self.engine.url.database
             if db and db != ":memory:":
