@@ -78,8 +78,8 @@ def _outbox(args: argparse.Namespace) -> int:
             print(json.dumps(row), flush=True)
         return 0
     c = outbox.counts()
-    print(f"{cfg.outbox.path}: {c['queued']} queued ({c['queued_bytes']} of {c['max_bytes']} bytes), "
-          f"{c['sent']} sent, {c['answered']} answered")
+    print(f"{cfg.outbox.path}: {c['queued']} queued, {c['sent']} sent, {c['answered']} answered; "
+          f"images held until answered: {c['held_bytes']} of {c['max_bytes']} bytes")
     for row in rows:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
         print(f"  {row['capture_id']}  {row['state']:<8} {row['bytes']:>9} B  attempts {row['attempts']}{error}")

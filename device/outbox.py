@@ -2,17 +2,21 @@
 
 Every capture is written, as its encoded contract message, to a local SQLite database in one
 transaction *before* any attempt to send it. A row leaves the ``queued`` state only when the
-broker has acknowledged the QoS 1 publish (PUBACK with a success code); then its image is
-dropped and a small ``sent`` row remains so the kiosk can show what happened to it, until the
-cloud's result or a doctor's feedback is recorded against it (``answered``).
+broker has acknowledged the QoS 1 publish (PUBACK with a success code): it is then ``sent``.
+The image itself is kept until the cloud's result (or a doctor's feedback) for it arrives, the
+end-to-end acknowledgement (``answered``): a sent capture that stays unanswered for
+``outbox.answer_timeout_s`` (doubling per resend, at most 12 h) is queued again. That covers what
+a PUBACK cannot: a broker that crashes before saving its queue, or a consumer that never returns.
+The cloud stores by ``capture_id``, so a resend is never a second case.
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed capture survives a power cut
 (kill -9) at any moment; a half-written transaction is rolled back by SQLite on the next open.
 
-Disk policy: the images waiting to be sent may use at most ``outbox.max_bytes``. When a new
-capture would exceed that, :meth:`Outbox.put` raises :class:`OutboxFull` (the kiosk says so and
-keeps its offline report); nothing already queued is ever dropped to make room. Acknowledged
-rows (no image, a few hundred bytes) are pruned after ``outbox.keep_sent_days``.
+Disk policy: the images held (queued, or sent and not yet answered) may use at most
+``outbox.max_bytes``. When a new capture would exceed that, :meth:`Outbox.put` raises
+:class:`OutboxFull` (the kiosk says so and keeps its offline report); nothing already held is
+ever dropped to make room. Answered rows (no image, a few hundred bytes) are pruned after
+``outbox.keep_sent_days``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     capture_id TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('queued', 'sent')),
-    payload BLOB,                      -- the encoded contract Capture; NULL once acknowledged
+    payload BLOB,                      -- the encoded contract Capture; NULL once answered
     bytes INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    resends INTEGER NOT NULL DEFAULT 0, -- times re-queued for want of an answer
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT,
     sent_at REAL,
@@ -52,7 +57,7 @@ class OutboxError(RuntimeError):
 
 
 class OutboxFull(OutboxError):
-    """Queued images would exceed ``outbox.max_bytes``; the capture was not queued."""
+    """Held images would exceed ``outbox.max_bytes``; the capture was not queued."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +111,11 @@ class Outbox:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM outbox WHERE capture_id = ?", (capture_id,)).fetchone():
                 return capture_id
-            used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM outbox WHERE state = 'queued'").fetchone()[0]
+            used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM outbox WHERE payload IS NOT NULL").fetchone()[0]
             if used + len(payload) > self.max_bytes:
                 raise OutboxFull(
-                    f"outbox full: {used} bytes of captures wait to be sent and this one needs {len(payload)} more, "
+                    f"outbox full: {used} bytes of captures wait to be sent or answered and this one needs "
+                    f"{len(payload)} more, "
                     f"limit {self.max_bytes} (outbox.max_bytes). Nothing was queued; reconnect the kiosk so the "
                     f"queue drains, or raise the limit.")
             db.execute("INSERT INTO outbox (capture_id, created_at, state, payload, bytes) "
@@ -125,12 +131,24 @@ class Outbox:
         return [Pending(cid, payload, attempts) for cid, payload, attempts in rows if cid not in skip][:limit]
 
     def mark_sent(self, capture_ids: Iterable[str]) -> None:
-        """The broker acknowledged these publishes: drop the images, keep the rows."""
+        """The broker acknowledged these publishes (the image stays until the answer comes)."""
         ids = [(time.time(), cid) for cid in capture_ids]
         if ids:
             with self._tx() as db:
-                db.executemany("UPDATE outbox SET state = 'sent', payload = NULL, sent_at = ?, last_error = NULL "
+                db.executemany("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL "
                                "WHERE capture_id = ? AND state = 'queued'", ids)
+
+    def requeue_unanswered(self, timeout_s: float, max_s: float = 12 * 3600) -> list[str]:
+        """Queue again the sent captures whose answer is overdue; their capture ids."""
+        now = time.time()
+        with self._tx() as db:
+            rows = db.execute("SELECT capture_id, sent_at, resends FROM outbox WHERE state = 'sent' "
+                              "AND payload IS NOT NULL").fetchall()
+            late = [cid for cid, sent_at, resends in rows if now - sent_at > min(max_s, timeout_s * 2 ** resends)]
+            db.executemany("UPDATE outbox SET state = 'queued', resends = resends + 1, next_attempt_at = 0, "
+                           "last_error = 'no answer from the cloud in time; sending again' WHERE capture_id = ?",
+                           [(cid,) for cid in late])
+        return late
 
     def mark_refused(self, capture_id: str, reason: str, initial_s: float, max_s: float) -> float:
         """The broker refused the publish: keep the capture and retry later (doubling backoff)."""
@@ -150,10 +168,14 @@ class Outbox:
     def record_feedback(self, feedback: Feedback) -> bool:
         return self._record("feedback", str(feedback.capture_id), encode(feedback))
 
-    def _record(self, column: str, capture_id: str, payload: bytes) -> bool:
+    def _record(self, column: str, capture_id: str, message: bytes) -> bool:
+        """Store a reply; the cloud has the capture now, so its image is no longer needed here.
+
+        A reply to a capture waiting for a resend also counts as its acknowledgement."""
         with self._tx() as db:
-            cur = db.execute(f"UPDATE outbox SET {column} = ?, answered_at = ? WHERE capture_id = ?",
-                             (payload, time.time(), capture_id))
+            cur = db.execute(f"UPDATE outbox SET {column} = ?, answered_at = ?, payload = NULL, state = 'sent', "
+                             "sent_at = COALESCE(sent_at, ?), last_error = NULL WHERE capture_id = ?",
+                             (message, time.time(), time.time(), capture_id))
             return cur.rowcount > 0
 
     # -- reading --------------------------------------------------------------------------
@@ -172,10 +194,10 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         rows = self._read(
             "SELECT SUM(state = 'queued'), SUM(state = 'sent'), "
-            "SUM(result IS NOT NULL OR feedback IS NOT NULL), COALESCE(SUM(CASE WHEN state = 'queued' "
+            "SUM(result IS NOT NULL OR feedback IS NOT NULL), COALESCE(SUM(CASE WHEN payload IS NOT NULL "
             "THEN bytes END), 0) FROM outbox")
         queued, sent, answered, used = (v or 0 for v in rows[0])
-        return {"queued": queued, "sent": sent, "answered": answered, "queued_bytes": used,
+        return {"queued": queued, "sent": sent, "answered": answered, "held_bytes": used,
                 "max_bytes": self.max_bytes}
 
     def list(self, limit: int = 1000) -> list[dict[str, object]]:
@@ -190,7 +212,8 @@ class Outbox:
         return out
 
     def prune(self, keep_sent_s: float) -> int:
-        """Forget acknowledged captures older than ``keep_sent_s`` (they hold no image)."""
+        """Forget answered captures older than ``keep_sent_s`` (they hold no image)."""
         with self._tx() as db:
-            cur = db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (time.time() - keep_sent_s,))
+            cur = db.execute("DELETE FROM outbox WHERE payload IS NULL AND answered_at < ?",
+                             (time.time() - keep_sent_s,))
             return cur.rowcount

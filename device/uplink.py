@@ -9,7 +9,7 @@ the same id would keep kicking each other off the broker). It owns:
   each one sent only when its PUBACK reports success. A refused publish (e.g. no cloud consumer
   subscribed yet) stays queued and is retried with a doubling backoff; paho itself reconnects
   with a doubling delay (``outbox.retry_initial_s`` .. ``retry_max_s``) and re-sends what was in
-  flight;
+  flight. A sent capture whose result is overdue (``outbox.answer_timeout_s``) is queued again;
 * the retained ``status`` topic: ``online`` with queued/sent counts on connect and every
   ``outbox.stats_interval_s``, ``offline`` as the last will and on a clean stop.
 """
@@ -217,6 +217,7 @@ class Uplink:
     def _flush_forever(self) -> None:
         next_stats = time.monotonic() + self.cfg.outbox.stats_interval_s
         next_prune = 0.0
+        next_overdue = 0.0
         while not self._stopping.is_set():
             try:
                 events = [self._events.get(timeout=0.25)]
@@ -236,6 +237,11 @@ class Uplink:
                     self._client.publish(self.topics.status(self.device_id), self._status("online"), qos=1,
                                          retain=True)
                     next_stats = now + self.cfg.outbox.stats_interval_s
+                if now >= next_overdue:
+                    late = self.outbox.requeue_unanswered(self.cfg.outbox.answer_timeout_s)
+                    if late:
+                        log.warning("no answer for %d sent capture(s); sending them again", len(late))
+                    next_overdue = now + min(5.0, self.cfg.outbox.answer_timeout_s / 2)
                 if now >= next_prune:
                     self.outbox.prune(self.cfg.outbox.keep_sent_days * 86400)
                     next_prune = now + 3600

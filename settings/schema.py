@@ -72,7 +72,9 @@ class OutboxConfig(_Section):
     retry_initial_s: float = Field(gt=0)
     retry_max_s: float = Field(gt=0)
     stats_interval_s: float = Field(default=60.0, gt=0)
-    # Acknowledged captures keep a small row (no image) so the kiosk can show sent/answered; pruned after this.
+    # A sent capture with no result after this long is sent again (the time doubles per resend, at most 12 h).
+    answer_timeout_s: float = Field(default=600.0, gt=0)
+    # Answered captures keep a small row (no image) so the kiosk can show sent/answered; pruned after this.
     keep_sent_days: float = Field(default=30.0, gt=0)
 
 

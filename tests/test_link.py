@@ -185,6 +185,32 @@ def test_no_consumer_yet_keeps_the_capture_queued(broker, tmp_path: Path, uplink
         running.stop()
 
 
+def test_a_sent_capture_without_an_answer_is_sent_again(broker, tmp_path: Path):
+    # A subscriber that takes captures but never answers stands for a broker that lost its queue
+    # or a consumer that died holding it: the PUBACK came, the result never does.
+    sink = Probe(broker.port, "cloud", broker.secret("cloud"))
+    sink.subscribe(f"{PREFIX}/devices/+/captures")
+    up = Uplink(device_config(broker, "kiosk-a", tmp_path, SKINSCAN_OUTBOX__ANSWER_TIMEOUT_S="1.0"))
+    up.start()
+    try:
+        capture = Capture.from_image(sample_images(1)[0], device_id="kiosk-a")
+        capture_id = up.send(capture)
+        wait_for(lambda: len(sink.messages) >= 2, 20, "the capture to be sent again")
+        assert {m for _, m in sink.messages} == {encode(capture)}
+        assert up.stats()["held_bytes"] > 0  # still held: nobody has answered
+        running = RunningConsumer(broker, tmp_path)
+        running.start()
+        try:
+            wait_for(lambda: up.state(capture_id)["state"] == "answered", 30, "the answer")
+            assert up.stats()["held_bytes"] == 0
+            assert running.consumer.storage.count_cases() == 1
+        finally:
+            running.stop()
+    finally:
+        up.close()
+        sink.close()
+
+
 def test_uplink_refuses_a_username_other_than_its_device_id(broker, tmp_path: Path):
     from device.mqttclient import MqttSetupError
 

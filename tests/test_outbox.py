@@ -36,21 +36,51 @@ def test_put_is_durable_and_idempotent(tmp_path: Path):
     assert box.state("00000000-0000-0000-0000-000000000000") == {"state": "unknown", "result": None, "feedback": None}
 
 
+def _result(capture_id: str) -> Result:
+    return Result(capture_id=capture_id, device_id="kiosk-a", produced_at=utc_now(), model_version="1", label="alpha",
+                  confidence=0.9, probabilities={"alpha": 0.9, "beta": 0.1}, unsure=False)
+
+
+def _payload(box: Outbox, capture_id: str) -> bytes | None:
+    db = sqlite3.connect(box.path)
+    try:
+        return db.execute("SELECT payload FROM outbox WHERE capture_id = ?", (capture_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
 def test_sent_then_answered(tmp_path: Path):
     box = Outbox(tmp_path / "o.sqlite3", max_bytes=10 * 2**20)
     cid = box.put(_capture(2))
     assert [p.capture_id for p in box.due(10, exclude=[cid])] == []
     box.mark_sent([cid])
     assert box.state(cid)["state"] == "sent" and box.due(10) == []
-    payload = sqlite3.connect(box.path).execute("SELECT payload FROM outbox").fetchone()[0]
-    assert payload is None  # the image is dropped once the broker has it
-    result = Result(capture_id=cid, device_id="kiosk-a", produced_at=utc_now(), model_version="1", label="alpha",
-                    confidence=0.9, probabilities={"alpha": 0.9, "beta": 0.1}, unsure=False)
+    assert _payload(box, cid) is not None  # kept until the cloud has answered
+    result = _result(cid)
     assert box.record_result(result)
+    assert _payload(box, cid) is None  # the end-to-end acknowledgement frees the image
     state = box.state(cid)
     assert state["state"] == "answered" and state["result"] == result and state["feedback"] is None
-    assert box.counts() | {"queued_bytes": 0} == {"queued": 0, "sent": 1, "answered": 1, "queued_bytes": 0,
-                                                  "max_bytes": 10 * 2**20}
+    assert box.counts() == {"queued": 0, "sent": 1, "answered": 1, "held_bytes": 0, "max_bytes": 10 * 2**20}
+    assert box.prune(keep_sent_s=3600) == 0 and box.prune(keep_sent_s=-1) == 1
+
+
+def test_unanswered_capture_is_sent_again_with_growing_patience(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite3", max_bytes=10 * 2**20)
+    cid = box.put(_capture(7))
+    box.mark_sent([cid])
+    assert box.requeue_unanswered(timeout_s=3600) == []
+    assert box.requeue_unanswered(timeout_s=0) == [cid]
+    assert box.state(cid)["state"] == "queued" and [p.capture_id for p in box.due(10)] == [cid]
+    assert "no answer" in box.list()[0]["last_error"]
+    box.mark_sent([cid])
+    time.sleep(0.3)
+    assert box.requeue_unanswered(timeout_s=0.2) == []  # second wait is doubled: 0.4 s
+    time.sleep(0.2)
+    assert box.requeue_unanswered(timeout_s=0.2) == [cid]
+    box.record_result(_result(cid))  # the answer to an earlier copy settles it
+    assert box.state(cid)["state"] == "answered" and box.due(10) == []
+    assert box.requeue_unanswered(timeout_s=0) == []
 
 
 def test_refused_publish_backs_off_and_stays_queued(tmp_path: Path):
@@ -73,7 +103,10 @@ def test_full_outbox_refuses_with_a_clear_error_and_drops_nothing(tmp_path: Path
     with pytest.raises(OutboxFull, match=r"outbox full: .* Nothing was queued"):
         box.put(_capture(6))
     assert [p.capture_id for p in box.due(10)] == ids
-    box.mark_sent(ids[:1])  # one acknowledged: room again
+    box.mark_sent(ids[:1])  # sent but not answered: its image is still held
+    with pytest.raises(OutboxFull):
+        box.put(_capture(6))
+    box.record_result(_result(ids[0]))  # answered: room again
     box.put(_capture(6))
     assert box.counts()["queued"] == 2
 
