@@ -69,6 +69,10 @@ class Broker:
         if getattr(self, "log", None):
             self.log.close()
 
-    def restart(self) -> None:
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM saves the persistence file; ``kill`` is a crash that loses what was not saved) and start."""
+        if kill and self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.stop()
         self.start()
