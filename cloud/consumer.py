@@ -157,7 +157,8 @@ class Consumer:
         timer.start()
         last = time.monotonic()
         try:
-            while not give_up.is_set() and (self._awaiting or time.monotonic() - last < quiet_s):
+            while not give_up.is_set() and client.is_connected() and (
+                    self._awaiting or time.monotonic() - last < quiet_s):
                 if self._step(give_up, timeout=0.1):
                     last = time.monotonic()
         finally:

@@ -82,7 +82,13 @@ class Uplink:
         if not cfg.username:
             cfg = cfg.model_copy(update={"username": self.device_id})
         self._take_lock()
-        client = mqttclient.build(cfg, client_id=self.device_id)
+        try:
+            client = mqttclient.build(cfg, client_id=self.device_id)
+        except BaseException:
+            self._release_lock()
+            raise
+        # Whatever a previous client had in flight went with it; those captures are still queued.
+        self._inflight.clear()
         client.will_set(self.topics.status(self.device_id), self._status("offline"), qos=1, retain=True)
         client.reconnect_delay_set(max(1, round(self.cfg.outbox.retry_initial_s)),
                                    max(1, round(self.cfg.outbox.retry_max_s)))
