@@ -87,8 +87,10 @@ class Uplink:
         except BaseException:
             self._release_lock()
             raise
-        # Whatever a previous client had in flight went with it; those captures are still queued.
+        # Whatever a previous client had in flight went with it (those captures are still queued),
+        # and its late acknowledgements must not be matched against the new client's message ids.
         self._inflight.clear()
+        self._events = queue.Queue()
         client.will_set(self.topics.status(self.device_id), self._status("offline"), qos=1, retain=True)
         client.reconnect_delay_set(max(1, round(self.cfg.outbox.retry_initial_s)),
                                    max(1, round(self.cfg.outbox.retry_max_s)))

@@ -324,3 +324,17 @@ def test_make_run_starts_a_consumer_that_answers(tmp_path: Path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_uplink_restarts_in_the_same_process(broker, consumer, tmp_path: Path):
+    up = Uplink(device_config(broker, "kiosk-a", tmp_path))
+    up.start()
+    first = up.send(Capture.from_image(sample_images(1)[0], device_id="kiosk-a"))
+    wait_for(lambda: up.state(first)["state"] == "answered", 30, "the first answer")
+    up.stop()
+    assert up.stats()["connected"] is False
+    second = up.send(Capture.from_image(sample_images(2)[1], device_id="kiosk-a"))  # queued while stopped
+    assert up.state(second)["state"] == "queued"
+    up.start()
+    wait_for(lambda: up.state(second)["state"] == "answered", 30, "the second answer")
+    up.close()
