@@ -9,6 +9,8 @@ import sys
 
 from settings import ConfigError, load_cloud
 
+log = logging.getLogger("skinscan.cloud")
+
 
 def _config(args: argparse.Namespace) -> int:
     print(json.dumps(load_cloud(args.config).model_dump(mode="json"), indent=2))
@@ -65,6 +67,112 @@ def _models(args: argparse.Namespace) -> int:
             print(f"{record.version:24} {record.status:9} parent={record.parent or '-':20} "
                   f"val_int8_balanced_accuracy={ba if ba is None else round(ba, 4)} "
                   f"by={record.promoted_by or record.rejected_by or record.registered_by}")
+
+
+def _consume(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    cfg = load_cloud(args.config)
+    if args.workers > 1:
+        return _consume_many(args, cfg.consumer.worker_id)
+    from cloud.consumer import Consumer
+    from device.inference import BackendError
+    from device.mqttclient import MqttSetupError
+    from models.manifest import ManifestError
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        consumer = Consumer(cfg, worker_id=args.worker_id)
+        consumer.run(stop)
+    except (ManifestError, BackendError, MqttSetupError) as exc:
+        print(f"skinscan-cloud consume: {exc}", file=sys.stderr)
+        return 1
+    log.info("consumer %s stopped: %s", consumer.worker_id, consumer.counts)
+    return 0
+
+
+def _consume_many(args: argparse.Namespace, configured_id: str) -> int:
+    """N worker processes (each its own interpreter and model), each with its own session."""
+    import signal
+    import subprocess
+
+    from cloud.consumer import default_worker_id
+
+    base = args.worker_id or configured_id or default_worker_id()
+    argv = [sys.executable, "-m", "cloud.cli"] + (["--config", args.config] if args.config else [])
+    procs = [subprocess.Popen([*argv, "consume", "--worker-id", f"{base}-{i}"]) for i in range(args.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(p.wait() for p in procs)
+
+
+def _cases(args: argparse.Namespace) -> int:
+    from cloud.storage import Storage
+
+    cfg = load_cloud(args.config)
+    storage = Storage(cfg.database.url, cfg.storage.image_dir)
+    storage.migrate()
+    for case in storage.cases(limit=args.limit, device_id=args.device):
+        row = {"capture_id": case["capture_id"], "device_id": case["device_id"], "label": case["label"],
+               "confidence": case["confidence"], "unsure": case["unsure"],
+               "received_at": case["received_at"].isoformat(), "captured_at": case["captured_at"].isoformat(),
+               "model_version": case["model_version"], "image_sha256": case["image_sha256"],
+               "deliveries": case["deliveries"]}
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            conf = "-" if case["confidence"] is None else f"{case['confidence']:.2f}"
+            print(f"{row['received_at']}  {row['capture_id']}  {row['device_id']:<16} {row['label'] or '(pending)'} "
+                  f"{conf}{'  unsure' if case['unsure'] else ''}", flush=True)
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from cloud.storage import Storage
+
+    cfg = load_cloud(args.config)
+    storage = Storage(cfg.database.url, cfg.storage.image_dir)
+    storage.migrate()
+    for row in storage.dead_letters(limit=args.limit):
+        row = {**row, "received_at": row["received_at"].isoformat()}
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{row['received_at']}  #{row['id']}  {row['topic']}  {row['size']} B  {row['reason']}", flush=True)
+    return 0
+
+
+def _add_device(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cloud.accounts import AccountError, add_device
+    from contract import ContractError
+
+    broker_dir = Path(args.broker_dir) if args.broker_dir else load_cloud(args.config).broker.data_dir
+    try:
+        account = add_device(broker_dir, args.device_id, rotate=args.rotate)
+    except (AccountError, ContractError) as exc:
+        print(f"skinscan-cloud add-device: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(account.as_json()))
+        return 0
+    print(f"device {account.device_id}: secret in {account.secret_file} (copy it to the kiosk's mqtt.password_file)")
+    if account.cert_file:
+        print(f"  client certificate {account.cert_file}, key {account.key_file}")
+    if account.reloaded_pid:
+        print(f"  broker (pid {account.reloaded_pid}) reloaded its password file")
+    else:
+        print(f"  no running broker found for {broker_dir}; it reads the account when it starts")
     return 0
 
 
@@ -87,6 +195,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list every model version in the registry")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("consume", help="store and classify captures from the broker, answer each device")
+    p.add_argument("--worker-id", help="this worker's session name (default: consumer.worker_id, else host name)")
+    p.add_argument("--workers", type=int, default=1, help="start N worker processes (ids WORKER_ID-0..N-1)")
+    p.set_defaults(func=_consume)
+
+    p = sub.add_parser("cases", help="list stored cases, newest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--device", help="only this device's cases")
+    p.set_defaults(func=_cases)
+
+    p = sub.add_parser("dead-letters", help="list messages the consumer refused, with the reason")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=_dead_letters)
+
+    p = sub.add_parser("add-device", help="create a device's own broker account (secret, password entry, cert)")
+    p.add_argument("device_id", metavar="DEVICE_ID")
+    p.add_argument("--broker-dir", help="broker/run's data dir (default: broker.data_dir)")
+    p.add_argument("--rotate", action="store_true", help="replace an existing device's secret")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_add_device)
     return parser
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from settings import ConfigError, load_device
 
 if TYPE_CHECKING:
-    from device.kiosk import CloudUplink
+    from device.uplink import Uplink
     from settings.schema import DeviceConfig
 
 log = logging.getLogger("skinscan.device")
@@ -59,19 +59,14 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _uplink(cfg: DeviceConfig) -> CloudUplink | None:
-    """The MQTT uplink (device/uplink.py, its own issue) when present; the kiosk also runs without one."""
+def _start_uplink(cfg: DeviceConfig) -> Uplink | None:
+    """The MQTT outbox and link; a broken cloud link must not keep the offline kiosk from starting."""
+    from device.uplink import Uplink
+
     try:
-        from device.uplink import Uplink
-    except ImportError as exc:
-        log.warning("no cloud uplink (%s): the kiosk runs offline", exc)
-        return None
-    factory = getattr(Uplink, "from_config", Uplink)
-    try:
-        uplink = factory(cfg)
-        if hasattr(uplink, "start"):
-            uplink.start()
-    except Exception as exc:  # a broken cloud link must not keep the offline kiosk from starting
+        uplink = Uplink(cfg)
+        uplink.start()
+    except Exception as exc:
         log.error("cloud uplink not started (%s): the kiosk runs offline", exc)
         return None
     return uplink
@@ -87,7 +82,7 @@ def _kiosk(args: argparse.Namespace) -> int:
     cfg = load_device(args.config)
     if args.port is not None:
         cfg = cfg.model_copy(update={"kiosk": cfg.kiosk.model_copy(update={"port": args.port})})
-    uplink = None if args.offline else _uplink(cfg)
+    uplink = None if args.offline else _start_uplink(cfg)
     app = create_app(cfg, uplink)
     kiosk = app.extensions["skinscan_kiosk"]
     try:
@@ -109,10 +104,69 @@ def _kiosk(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
         kiosk.stop()
-        for closer in ("stop", "close"):
-            if uplink is not None and hasattr(uplink, closer):
-                getattr(uplink, closer)()
-                break
+        if uplink is not None:
+            uplink.close()
+
+
+def _send(args: argparse.Namespace) -> int:
+    from device import capture_file
+    from device.outbox import Outbox, OutboxError
+
+    cfg = load_device(args.config)
+    diagnoser = capture_file.diagnoser_or_none(cfg)
+    outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
+    queued: list[str] = []
+    failed = 0
+    for path in args.images:
+        try:
+            capture = capture_file.capture_from_file(path, cfg, diagnoser)
+            capture_id = outbox.put(capture)
+        except (capture_file.ImageError, OutboxError) as exc:
+            failed += 1
+            print(json.dumps({"path": path, "error": str(exc)}) if args.json else f"{path}: error: {exc}", flush=True)
+            continue
+        queued.append(capture_id)
+        print(json.dumps({"path": path, "capture_id": capture_id, "state": "queued"}) if args.json
+              else f"{path}: {capture_id} queued", flush=True)
+    if queued and args.wait > 0:
+        capture_file.flush(cfg, queued, args.wait)
+    return 1 if failed else 0
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from device.outbox import Outbox
+
+    cfg = load_device(args.config)
+    outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
+    rows = outbox.list(limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return 0
+    c = outbox.counts()
+    print(f"{cfg.outbox.path}: {c['queued']} queued, {c['sent']} sent, {c['answered']} answered; "
+          f"images held until answered: {c['held_bytes']} of {c['max_bytes']} bytes")
+    for row in rows:
+        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        print(f"  {row['capture_id']}  {row['state']:<8} {row['bytes']:>9} B  attempts {row['attempts']}{error}")
+    return 0
+
+
+def _uplink(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from device.uplink import Uplink
+
+    cfg = load_device(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    uplink = Uplink(cfg)
+    uplink.start()
+    while not stop.wait(1.0):
+        pass
+    uplink.close()
     return 0
 
 
@@ -136,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="listen on this port (default: kiosk.port)")
     p.add_argument("--offline", action="store_true", help="do not start the cloud uplink")
     p.set_defaults(func=_kiosk)
+
+    p = sub.add_parser("send", help="queue image files for the cloud (with this kiosk's prediction) and send them")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--wait", type=float, default=10.0,
+                   help="seconds to try sending now when no uplink is running (0: only queue); "
+                        "anything unsent stays queued for the kiosk or `skinscan-device uplink`")
+    p.set_defaults(func=_send)
+
+    p = sub.add_parser("outbox", help="show the store-and-forward queue")
+    p.add_argument("--json", action="store_true", help="one JSON object per capture per line")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=_outbox)
+
+    p = sub.add_parser("uplink", help="run the link to the cloud (flush the outbox, keep status) until stopped")
+    p.set_defaults(func=_uplink)
     return parser
 
 
@@ -150,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"skinscan-device: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # OutboxError, UplinkBusy, MqttSetupError: say what is wrong, no traceback
+        if type(exc).__module__.split(".")[0] != "device":
+            raise
+        print(f"skinscan-device: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,7 @@ class Service:
     argv: list[str]
     url: str | None = None
     ready_port: int | None = None  # started once something listens here
+    env: dict[str, str] = field(default_factory=dict)  # added to this service's environment
 
 
 def services(env: dict[str, str]) -> list[Service]:
@@ -37,6 +38,7 @@ def services(env: dict[str, str]) -> list[Service]:
                            env.get("SKINSCAN_BROKER_WS_PORT", "9001"), "--data-dir", str(VAR / "broker"),
                            "--device", env.get("SKINSCAN_DEVICE_ID", "kiosk-01")],
                 f"mqtt://127.0.0.1:{broker_port}", int(broker_port)),
+        *_cloud_consumer(env),
         kiosk_service(env),
     ]
 
@@ -44,13 +46,33 @@ def services(env: dict[str, str]) -> list[Service]:
 def kiosk_service(env: dict[str, str]) -> Service:
     """One kiosk, fed by the demo stream (camera.uri in settings/device.toml) unless env says otherwise."""
     port = env.get("SKINSCAN_KIOSK__PORT", "8080")
-    return Service("kiosk", [sys.executable, "-m", "device.cli", "kiosk"], f"http://127.0.0.1:{port}/", int(port))
+    device_id = env.get("SKINSCAN_DEVICE_ID", "kiosk-01")
+    return Service("kiosk", [sys.executable, "-m", "device.cli", "kiosk"], f"http://127.0.0.1:{port}/", int(port),
+                   env={"SKINSCAN_MQTT__USERNAME": device_id,
+                        "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / f"{device_id}.secret"),
+                        "SKINSCAN_DATA_DIR": str(VAR / "device"),
+                        "SKINSCAN_OUTBOX__PATH": str(VAR / "device" / "outbox.sqlite3")})
 
 
 def prepare() -> None:
     """Make generated inputs that are not committed: the kiosk's demo camera stream."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_stream_fixture.py"), "--if-missing"],
                    cwd=ROOT, check=True)
+
+
+def _cloud_consumer(env: dict[str, str]) -> list[Service]:
+    """`skinscan-cloud consume`, on the run dir's broker account and database (needs the model)."""
+    manifest = Path(env.get("SKINSCAN_MODEL__MANIFEST", ROOT / "models" / "model.json"))
+    if not manifest.is_file():
+        log.warning("no model at %s: the cloud consumer is not started (captures wait in the broker)", manifest)
+        return []
+    cloud = VAR / "cloud"
+    return [Service("consumer", [sys.executable, "-m", "cloud.cli", "consume"], env={
+        "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / "cloud.secret"),
+        "SKINSCAN_BROKER__DATA_DIR": str(VAR / "broker"),
+        "SKINSCAN_DATABASE__URL": env.get("SKINSCAN_DATABASE__URL", f"sqlite:///{cloud / 'skinscan.sqlite3'}"),
+        "SKINSCAN_STORAGE__IMAGE_DIR": str(cloud / "images"),
+    })]
 
 
 def _wait_ready(service: Service, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -94,7 +116,7 @@ def main() -> int:
     prepare()
     try:
         for service in services(env):
-            proc = subprocess.Popen(service.argv, cwd=ROOT, env=env, start_new_session=True)
+            proc = subprocess.Popen(service.argv, cwd=ROOT, env={**env, **service.env}, start_new_session=True)
             procs.append((service, proc))
             log.info("started %s (pid %d)", service.name, proc.pid)
             if service.ready_port:

@@ -28,6 +28,9 @@ class MqttConfig(_Section):
     key_file: Path | None = None
     topic_prefix: str = "skinscan/v1"
     keepalive_s: int = Field(ge=5, le=3600)
+    # How long the broker keeps a disconnected client's session (subscriptions and queued QoS 1
+    # messages: a kiosk's results, a consumer's captures). 0 would forget them at disconnect.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=0xFFFFFFFE)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -83,6 +86,11 @@ class OutboxConfig(_Section):
     max_bytes: int = Field(ge=1024 * 1024)
     retry_initial_s: float = Field(gt=0)
     retry_max_s: float = Field(gt=0)
+    stats_interval_s: float = Field(default=60.0, gt=0)
+    # A sent capture with no result after this long is sent again (the time doubles per resend, at most 12 h).
+    answer_timeout_s: float = Field(default=600.0, gt=0)
+    # Answered captures keep a small row (no image) so the kiosk can show sent/answered; pruned after this.
+    keep_sent_days: float = Field(default=30.0, gt=0)
 
 
 class DeviceUpdatesConfig(_Section):
@@ -122,6 +130,15 @@ class StorageConfig(_Section):
 class ConsumerConfig(_Section):
     share_group: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     tta: bool = True
+    # Names this worker's persistent MQTT session; empty: the host name. Unique per running worker.
+    worker_id: str = Field(default="", pattern=r"^[A-Za-z0-9_-]*$")
+    # MQTT v5 receive maximum: unacknowledged captures the broker hands this worker at once.
+    max_in_flight: int = Field(default=8, ge=1, le=1000)
+
+
+class BrokerConfig(_Section):
+    # broker/run's data dir: `skinscan-cloud add-device` writes the password file and secrets here.
+    data_dir: Path = Path("var/broker")
 
 
 class DashboardConfig(_Section):
@@ -155,3 +172,4 @@ class CloudConfig(_Section):
     consumer: ConsumerConfig
     dashboard: DashboardConfig
     updates: CloudUpdatesConfig
+    broker: BrokerConfig = BrokerConfig()

@@ -33,6 +33,7 @@ class Broker:
     devices: list[str]
     port: int = field(default_factory=free_port)
     ws_port: int = field(default_factory=free_port)
+    tls_port: int | None = None  # also start the TLS listener (certificates made by broker/make-certs)
     proc: subprocess.Popen | None = None
 
     def secret(self, user: str) -> str:
@@ -43,10 +44,14 @@ class Broker:
                 "--data-dir", str(self.data_dir)]
         for d in self.devices:
             args += ["--device", d]
+        if self.tls_port:
+            args += ["--tls-port", str(self.tls_port), "--tls-bind", "127.0.0.1"]
         self.log = open(self.data_dir.parent / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port)
+            if self.tls_port:
+                wait_port(self.tls_port)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start; see {self.log.name}") from None
@@ -64,6 +69,10 @@ class Broker:
         if getattr(self, "log", None):
             self.log.close()
 
-    def restart(self) -> None:
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM saves the persistence file; ``kill`` is a crash that loses what was not saved) and start."""
+        if kill and self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.stop()
         self.start()
