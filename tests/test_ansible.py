@@ -124,6 +124,9 @@ def fleet(tmp_path_factory) -> Fleet:
     # Adding a device: one inventory line, one command (README.md).
     inventory.write_text(inventory.read_text() + "        kiosk-c: {kiosk_locale: ar}\n")
     fleet.runs.append(_recap(_playbook(*args[:-1], "--limit", "broker,kiosk-c", "site.yml")))
+    # Scaling the consumers down stops and disables the workers above the new count.
+    fleet.runs.append(_recap(_playbook(*args[:-1], "-e", "cloud_consumer_workers=1", "--limit", "cloud1",
+                                       "site.yml")))
     return fleet
 
 
@@ -209,7 +212,7 @@ def test_release_is_installed_in_the_venv(fleet):
 
 @pytest.mark.parametrize(("host", "units"), [
     ("kiosk-a", ["skinscan-kiosk.service", "skinscan-uplink.service", "skinscan-browser.service"]),
-    ("cloud1", ["skinscan-dashboard.service", "skinscan-consumer@1.service", "skinscan-consumer@2.service"]),
+    ("cloud1", ["skinscan-dashboard.service", "skinscan-consumer@1.service"]),
 ])
 def test_installed_units_verify_and_are_enabled(fleet, host, units):
     need_systemd_analyze()
@@ -219,7 +222,13 @@ def test_installed_units_verify_and_are_enabled(fleet, host, units):
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
         state = subprocess.run(["systemctl", f"--root={root}", "is-enabled", unit], capture_output=True, text=True)
         assert state.stdout.strip() == "enabled", (unit, state.stdout, state.stderr)
-    assert not (root / "etc/systemd/system/multi-user.target.wants/skinscan-consumer@3.service").exists()
+
+
+def test_scaling_consumers_down_disables_the_extra_workers(fleet):
+    assert fleet.runs[1]["cloud1"]["changed"] == 0
+    assert fleet.runs[3]["cloud1"]["changed"] == 1  # the one link removed
+    wants = fleet.root("cloud1") / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == ["skinscan-consumer@1.service", "skinscan-dashboard.service"]
 
 
 class _Client:
