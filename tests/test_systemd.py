@@ -3,11 +3,15 @@ start exactly the commands the other parts provide."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.broker import ROOT, free_port, wait_port
 from tests.support.systemd import UNITS, exposure, need_systemd_analyze, prepare_root, verify
 
 SERVICES = {
@@ -107,3 +111,55 @@ def test_dropin_lowers_the_brokers_exposure(unit_root, tmp_path):
         pytest.skip("Debian's mosquitto.service is not installed here")
     bare = prepare_root(tmp_path / "bare")
     assert exposure(unit_root, "mosquitto.service") < exposure(bare, "mosquitto.service") - 3
+
+
+def _render_broker(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "broker" / "run"), "--render-only", "--data-dir", str(data), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_broker_run_render_only_writes_a_config_a_system_mosquitto_runs(tmp_path):
+    """What the drop-in's ExecStart runs: `mosquitto -c DATA/mosquitto.conf` on a config rendered by
+    `broker/run --render-only`, which must return instead of starting Mosquitto itself."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    data = tmp_path / "broker"
+    port, ws_port = free_port(), free_port()
+    result = _render_broker(data, "--port", str(port), "--ws-port", str(ws_port), "--device", "kiosk-z")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(data / "mosquitto.conf")
+    assert {p.name for p in data.iterdir()} == {"mosquitto.conf", "passwd", "acl", "credentials"}
+    log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["mosquitto", "-c", str(data / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+        secret = (data / "credentials" / "kiosk-z.secret").read_text().strip()
+        pub = subprocess.run(["mosquitto_pub", "-p", str(port), "-u", "kiosk-z", "-P", secret, "-q", "1",
+                              "-t", "skinscan/v1/devices/kiosk-z/status", "-m", "online"],
+                             capture_output=True, text=True, timeout=10)
+        assert pub.returncode == 0, pub.stderr
+        bad = subprocess.run(["mosquitto_pub", "-p", str(port), "-u", "kiosk-z", "-P", "wrong", "-q", "1",
+                              "-t", "skinscan/v1/devices/kiosk-z/status", "-m", "online"],
+                             capture_output=True, text=True, timeout=10)
+        assert bad.returncode != 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_broker_run_render_only_for_another_user(tmp_path):
+    """--user mosquitto (as root): Mosquitto drops to that user before reading passwd and acl, so they
+    and the data dir become its own; the secrets stay root's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand files to another user")
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no mosquitto user (apt-get install mosquitto)")
+    data = tmp_path / "broker"
+    result = _render_broker(data, "--user", "mosquitto")
+    assert result.returncode == 0, result.stderr
+    owner = {p: pwd.getpwuid((data / p).stat().st_uid).pw_name for p in (".", "passwd", "acl", "credentials")}
+    assert owner == {".": "mosquitto", "passwd": "mosquitto", "acl": "mosquitto", "credentials": "root"}
+    assert "\nuser mosquitto\n" in (data / "mosquitto.conf").read_text()
