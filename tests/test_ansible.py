@@ -124,9 +124,9 @@ def fleet(tmp_path_factory) -> Fleet:
     # Adding a device: one inventory line, one command (README.md).
     inventory.write_text(inventory.read_text() + "        kiosk-c: {kiosk_locale: ar}\n")
     fleet.runs.append(_recap(_playbook(*args[:-1], "--limit", "broker,kiosk-c", "site.yml")))
-    # Scaling the consumers down stops and disables the workers above the new count.
-    fleet.runs.append(_recap(_playbook(*args[:-1], "-e", "cloud_consumer_workers=1", "--limit", "cloud1",
-                                       "site.yml")))
+    # Scaling the consumers down, and switching the kiosk screen off, disables what is no longer wanted.
+    fleet.runs.append(_recap(_playbook(*args[:-1], "-e", "cloud_consumer_workers=1", "-e", "kiosk_browser=false",
+                                       "--limit", "cloud1,kiosk-a", "site.yml")))
     return fleet
 
 
@@ -211,7 +211,7 @@ def test_release_is_installed_in_the_venv(fleet):
 
 
 @pytest.mark.parametrize(("host", "units"), [
-    ("kiosk-a", ["skinscan-kiosk.service", "skinscan-uplink.service", "skinscan-browser.service"]),
+    ("kiosk-a", ["skinscan-kiosk.service", "skinscan-uplink.service"]),
     ("cloud1", ["skinscan-dashboard.service", "skinscan-consumer@1.service"]),
 ])
 def test_installed_units_verify_and_are_enabled(fleet, host, units):
@@ -224,11 +224,14 @@ def test_installed_units_verify_and_are_enabled(fleet, host, units):
         assert state.stdout.strip() == "enabled", (unit, state.stdout, state.stderr)
 
 
-def test_scaling_consumers_down_disables_the_extra_workers(fleet):
-    assert fleet.runs[1]["cloud1"]["changed"] == 0
-    assert fleet.runs[3]["cloud1"]["changed"] == 1  # the one link removed
+def test_units_no_longer_wanted_are_disabled(fleet):
+    # Each host: exactly one enablement link removed, nothing else.
+    assert {h: r["changed"] for h, r in fleet.runs[3].items()} == {"cloud1": 1, "kiosk-a": 1}
     wants = fleet.root("cloud1") / "etc/systemd/system/multi-user.target.wants"
     assert sorted(p.name for p in wants.iterdir()) == ["skinscan-consumer@1.service", "skinscan-dashboard.service"]
+    root = fleet.root("kiosk-a")
+    assert (root / "etc/systemd/system/skinscan-browser.service").is_file()
+    assert not (root / "etc/systemd/system/graphical.target.wants/skinscan-browser.service").exists()
 
 
 class _Client:
