@@ -1,0 +1,1 @@
+"""Process runtime helpers shared by the long-running services (systemd integration)."""
