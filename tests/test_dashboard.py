@@ -129,7 +129,7 @@ def test_roles(dash, case):
     assert "denied" in text and "case.view" in text and "drhana" in text
 
 
-@pytest.mark.parametrize("route", STAFF_POSTS + ["/login", "/logout"])
+@pytest.mark.parametrize("route", [*STAFF_POSTS, "/login", "/logout"])
 def test_posts_without_csrf_token_are_refused(dash, case, route):
     app, storage = dash
     client = _doctor(app)
@@ -243,13 +243,13 @@ def test_phone_page_shows_that_report_only(dash, case):
     ar = phone.get(f"/p/{other_token}").data.decode()
     assert 'dir="rtl"' in ar and "أداة فحص مساعدة، وليست تشخيصًا." in ar and "إكزيما" in ar
     assert 'dir="ltr"' in phone.get(f"/p/{other_token}?lang=en").data.decode()
-    assert [e["actor"] for e in storage.audit_entries(action="phone.view")][0].startswith("patient:")
+    assert storage.audit_entries(action="phone.view")[0]["actor"].startswith("patient:")
 
 
 def test_phone_link_expires_and_can_be_revoked(dash, case):
     app, storage = dash
     days = app.extensions["skinscan_dashboard"].cfg.dashboard.pairing_token_days
-    old, old_token = seed_case(storage, 5, cloud=("nevus", 0.9, False),
+    _, old_token = seed_case(storage, 5, cloud=("nevus", 0.9, False),
                                captured_at=utc_now() - timedelta(days=days, minutes=1))
     phone = app.test_client()
     resp = phone.get(f"/p/{old_token}")
