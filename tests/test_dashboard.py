@@ -267,6 +267,10 @@ def test_phone_link_expires_and_can_be_revoked(dash, case):
     assert phone.post(f"/p/{token}/messages", json={"text": "hello?"},
                       headers={"X-CSRF-Token": csrf(phone)}).status_code == 410
     assert "Revoked by drhana" in doctor.get(f"/cases/{cap.capture_id}").data.decode()
+    ar, ar_token = seed_case(storage, 6, cloud=("nevus", 0.9, False), locale="ar")
+    storage.revoke_pairing(ar.pairing_token_sha256, "drhana")
+    page = phone.get(f"/p/{ar_token}").data.decode()
+    assert 'dir="rtl"' in page and "تم سحب هذا الرابط" in page  # in the patient's language
     assert storage.audit_entries(action="pairing.revoke")[0]["actor"] == "drhana"
 
 
@@ -322,6 +326,9 @@ def test_event_streams_carry_only_their_own_case(dash, case):
     hub.emit("feedback", str(cap.capture_id))
     event = next(chunks)
     assert event.startswith("event: feedback") and str(cap.capture_id) in event
+    storage.revoke_pairing(cap.pairing_token_sha256, "drhana")
+    hub.emit("message", str(cap.capture_id))
+    assert next(chunks).startswith("event: gone")  # the open page learns its link was revoked
     resp.close()
     staff = _doctor(app).get("/events")
     chunks = (c.decode() for c in staff.response)

@@ -34,6 +34,9 @@ class Event:
         return f"event: {self.kind}\ndata: {json.dumps({'kind': self.kind, 'capture_id': self.capture_id})}\n\n"
 
 
+_HEARTBEAT = Event("heartbeat", "")
+
+
 class Hub:
     def __init__(self) -> None:
         self._subscribers: set[queue.Queue[Event | None]] = set()
@@ -88,19 +91,18 @@ def stream(hub: Hub, accept: Callable[[Event], bool], still_valid: Callable[[], 
                 try:
                     event = q.get(timeout=heartbeat_s)
                 except queue.Empty:
-                    event = None
-                    if still_valid is not None and not still_valid():
-                        yield "event: gone\ndata: {}\n\n"
-                        return
-                    yield ": ping\n\n"  # also detects a browser that went away
-                    continue
+                    event = _HEARTBEAT
                 if event is None:
                     return
+                if event is not _HEARTBEAT and not accept(event):
+                    continue
+                # Checked only for this stream's own events and at heartbeats, so other cases' traffic
+                # costs no database reads (a revocation sends an event for its own case).
                 if still_valid is not None and not still_valid():
                     yield "event: gone\ndata: {}\n\n"
                     return
-                if accept(event):
-                    yield event.sse()
+                # A heartbeat comment also detects a browser that went away.
+                yield ": ping\n\n" if event is _HEARTBEAT else event.sse()
         finally:
             hub.unsubscribe(q)
 

@@ -32,8 +32,9 @@ PER_DAY = 40
 
 
 class Gone(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, locale: str) -> None:
         self.reason = reason  # expired | revoked
+        self.locale = locale  # the capture's, for the page that says so
 
 
 def _state():
@@ -54,9 +55,9 @@ def _lookup(token: str) -> tuple[dict[str, Any], str]:
     if case is None:
         abort(404)
     if storage.pairing_revocation(digest) is not None:
-        raise Gone("revoked")
+        raise Gone("revoked", case["locale"])
     if utc_now() > case["captured_at"] + timedelta(days=_state().cfg.dashboard.pairing_token_days):
-        raise Gone("expired")
+        raise Gone("expired", case["locale"])
     return case, digest
 
 
@@ -72,7 +73,7 @@ def _locale(case: dict[str, Any] | None = None) -> str:
 def _gone(exc: Gone):
     if request.path.rstrip("/").count("/") > 2 or request.method != "GET":  # state, events, messages
         return jsonify(error=exc.reason, status=410), 410
-    locale = _locale()
+    locale = i18n.locale_of(request.args.get("lang"), exc.locale)
     t = i18n.STRINGS[locale]
     return render_template("phone_gone.html", t=t, locale=locale, dir=i18n.DIRECTION[locale],
                            title=t[f"{exc.reason}_title"],
