@@ -123,6 +123,11 @@ def test_roles(dash, case):
     assert resp.status_code == 403
     assert storage.reviews(str(cid)) == []
     assert admin.get(f"/cases/{cid}").status_code == 200  # admins may look (and it is logged)
+    # ...and answer the patient (a form post, back to the case's chat)
+    resp = admin.post(f"/cases/{cid}/messages", data={"csrf_token": csrf(admin), "text": "The clinic will call you."})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith(f"/cases/{cid}#chat")
+    state = admin.get(f"/api/cases/{cid}").get_json()
+    assert [m["author"] for m in state["messages"]] == ["admin"] and state["reviews"] == []
     page = admin.get("/audit")
     assert page.status_code == 200
     text = page.data.decode()
