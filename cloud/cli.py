@@ -176,6 +176,63 @@ def _add_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_user(args: argparse.Namespace) -> int:
+    import getpass
+    from pathlib import Path
+
+    from cloud.dashboard.auth import AccountError, add_user
+    from cloud.storage import Storage, StorageError
+
+    cfg = load_cloud(args.config)
+    if args.password_file:
+        password = Path(args.password_file).read_text("utf-8").rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            print("skinscan-cloud add-user: the passwords differ", file=sys.stderr)
+            return 1
+    storage = Storage(cfg.database.url, cfg.storage.image_dir)
+    storage.migrate()
+    try:
+        new = add_user(storage, args.username, password, args.role, replace=args.replace)
+    except (AccountError, StorageError) as exc:
+        print(f"skinscan-cloud add-user: {exc}", file=sys.stderr)
+        return 1
+    storage.audit("cli", "user.add" if new else "user.replace", args.username, f"role={args.role}")
+    print(f"{'created' if new else 'updated'} {args.role} {args.username}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from cloud.dashboard import create_app
+
+    cfg = load_cloud(args.config)
+    host = args.host or cfg.dashboard.host
+    port = args.port or cfg.dashboard.port
+    app = create_app(cfg)
+    # Werkzeug's threaded server: one thread per open page (the live streams hold theirs). Enough for a
+    # clinic's staff and patients' phones; put a TLS reverse proxy in front of it on a real network.
+    server = make_server(host, port, app, threaded=True)
+    log.info("dashboard on http://%s:%d/ (phone links: %s/p/...)", host, server.server_port,
+             cfg.dashboard.public_url.rstrip("/"))
+    import signal
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.extensions["skinscan_dashboard"].stop()
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinscan-cloud", description="SkinScan cloud services.")
     parser.add_argument("--config", help="cloud TOML file (default: $SKINSCAN_CLOUD_CONFIG, else built-in defaults)")
@@ -218,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", action="store_true", help="replace an existing device's secret")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_add_device)
+
+    p = sub.add_parser("add-user", help="create a dashboard account (password from a prompt or --password-file)")
+    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("--role", required=True, choices=["dermatologist", "admin"])
+    p.add_argument("--password-file", help="read the password from this file (first line) instead of a prompt")
+    p.add_argument("--replace", action="store_true", help="set a new password and role for an existing user")
+    p.set_defaults(func=_add_user)
+
+    p = sub.add_parser("dashboard", help="serve the dermatologists' dashboard, the phone pages and model bundles")
+    p.add_argument("--host", help="default: dashboard.host")
+    p.add_argument("--port", type=int, help="default: dashboard.port")
+    p.set_defaults(func=_dashboard)
     return parser
 
 

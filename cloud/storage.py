@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from contract import Capture, Result, utc_now
+from contract import Capture, ChatMessage, Feedback, Result, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,80 @@ dead_letters = Table(
 )
 
 
+# -- version 2: the dashboard (users, doctors' reviews, phone pairings, chat, audit log) ----------
+
+users = Table(
+    "users", metadata,
+    Column("username", String(64), primary_key=True),
+    Column("password_hash", String(256), nullable=False),  # werkzeug scrypt; never the password
+    Column("role", String(16), nullable=False),  # dermatologist | admin
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+# Every review is kept (a correction is a new row); the newest one per case is the current diagnosis.
+reviews = Table(
+    "reviews", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("capture_id", String(36), nullable=False, index=True),
+    Column("doctor", String(64), nullable=False),
+    Column("label", String(64), nullable=False),  # a model label, or OTHER_LABEL
+    Column("recommendation", Text, nullable=False),
+    Column("urgent", Boolean, nullable=False),
+    Column("given_at", DateTime(timezone=True), nullable=False, index=True),
+    # When the broker acknowledged the Feedback to the device (NULL: still to relay).
+    Column("relayed_at", DateTime(timezone=True)),
+)
+
+# State of a phone-pairing token (the token itself never reaches the cloud, only its SHA-256,
+# which cases.pairing_token_sha256 holds). A row exists once the token is revoked.
+pairings = Table(
+    "pairings", metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_by", String(64), nullable=False),
+)
+
+chat_messages = Table(
+    "chat_messages", metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("capture_id", String(36), nullable=False, index=True),
+    Column("sender", String(8), nullable=False),  # patient | staff
+    Column("author", String(120), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(120), nullable=False),  # a username, or "patient:<first 12 hex of the token hash>"
+    Column("action", String(64), nullable=False),
+    Column("target", String(120), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+    Column("ip", String(64), nullable=False, default=""),
+)
+
+# A doctor's label for "none of the model's classes / cannot be assessed from this photo".
+OTHER_LABEL = "other"
+
+
 def _v1(conn: Connection) -> None:
     for table in (cases, dead_letters):
         table.create(conn)
 
 
+def _v2(conn: Connection) -> None:
+    for table in (users, reviews, pairings, chat_messages, audit_log):
+        table.create(conn)
+    # The phone page finds its case by the token's hash.
+    conn.execute(text("CREATE INDEX ix_cases_pairing_token_sha256 ON cases (pairing_token_sha256)"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
+    (2, _v2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -281,6 +348,196 @@ class Storage:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [{**r, "received_at": _aware(r["received_at"])} for r in conn.execute(query).mappings()]
+
+
+    # -- users --------------------------------------------------------------------------
+
+    def add_user(self, username: str, password_hash: str, role: str, *, replace: bool = False) -> bool:
+        """Create a dashboard account (or with ``replace``, set its password and role). True when new."""
+        row = {"password_hash": password_hash, "role": role, "disabled": False}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(users.insert().values(username=username, created_at=utc_now(), **row))
+            return True
+        except IntegrityError:
+            if not replace:
+                raise StorageError(f"user {username!r} already exists") from None
+        with self.engine.begin() as conn:
+            conn.execute(update(users).where(users.c.username == username).values(**row))
+        return False
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
+        return {**row, "created_at": _aware(row["created_at"])} if row else None
+
+    def users(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(users.c.username, users.c.role, users.c.created_at, users.c.disabled)
+                                .order_by(users.c.username)).mappings()
+            return [{**r, "created_at": _aware(r["created_at"])} for r in rows]
+
+    # -- reviews (the doctor's diagnosis) -----------------------------------------------
+
+    def add_review(self, capture_id: str, doctor: str, label: str, recommendation: str, urgent: bool,
+                   given_at: datetime | None = None) -> Feedback:
+        """Store a doctor's review and return it as the contract ``Feedback`` to relay."""
+        case = self.case(capture_id)
+        if case is None:
+            raise StorageError(f"no case {capture_id}")
+        feedback = Feedback(capture_id=capture_id, device_id=case["device_id"], given_at=given_at or utc_now(),
+                            doctor=doctor, label=label, recommendation=recommendation, urgent=urgent)
+        with self.engine.begin() as conn:
+            conn.execute(reviews.insert().values(
+                capture_id=str(capture_id), doctor=doctor, label=label, recommendation=recommendation,
+                urgent=urgent, given_at=feedback.given_at))
+        return feedback
+
+    def reviews(self, capture_id: str) -> list[dict[str, Any]]:
+        """Every review of a case, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(reviews).where(reviews.c.capture_id == str(capture_id))
+                                .order_by(reviews.c.given_at, reviews.c.id)).mappings()
+            return [_review(r) for r in rows]
+
+    def latest_reviews(self, capture_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """capture_id -> its newest review (all reviewed cases, or only those given)."""
+        newest = (select(reviews.c.capture_id, func.max(reviews.c.id).label("id"))
+                  .group_by(reviews.c.capture_id))
+        if capture_ids is not None:
+            if not capture_ids:
+                return {}
+            newest = newest.where(reviews.c.capture_id.in_([str(c) for c in capture_ids]))
+        newest = newest.subquery()
+        query = select(reviews).join(newest, reviews.c.id == newest.c.id)
+        with self.engine.connect() as conn:
+            return {r["capture_id"]: _review(r) for r in conn.execute(query).mappings()}
+
+    def feedback(self, capture_id: str) -> Feedback | None:
+        """The newest review of a case as the contract message (what the device and the phone show)."""
+        latest = self.latest_reviews([capture_id]).get(str(capture_id))
+        return _feedback(latest, self.case(capture_id)["device_id"]) if latest else None
+
+    def unrelayed_feedback(self, limit: int = 100) -> list[tuple[int, Feedback]]:
+        """(review id, Feedback) not yet acknowledged by the broker, oldest first."""
+        query = (select(reviews, cases.c.device_id).join(cases, cases.c.capture_id == reviews.c.capture_id)
+                 .where(reviews.c.relayed_at.is_(None)).order_by(reviews.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [(r["id"], _feedback(_review(r), r["device_id"])) for r in conn.execute(query).mappings()]
+
+    def mark_relayed(self, review_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(reviews).where(reviews.c.id == review_id).values(relayed_at=utc_now()))
+
+    def confirmed_cases(self, include_other: bool = False) -> list[dict[str, Any]]:
+        """Doctor-labelled cases for retraining: the newest review of each case, oldest case first.
+
+        Each row: ``capture_id``, ``label`` (the doctor's), ``doctor``, ``given_at``, ``image_sha256``,
+        ``content_type``, ``device_id``, ``model_label`` (the cloud model's). ``other`` (not assessable)
+        is left out unless asked for."""
+        reviewed = self.latest_reviews()
+        if not reviewed:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(cases.c.capture_id, cases.c.image_sha256, cases.c.content_type,
+                                       cases.c.device_id, cases.c.label)
+                                .where(cases.c.capture_id.in_(list(reviewed)))).mappings()
+            found = {r["capture_id"]: r for r in rows}
+        out = []
+        for capture_id, review in sorted(reviewed.items(), key=lambda kv: (kv[1]["given_at"], kv[1]["id"])):
+            if review["label"] == OTHER_LABEL and not include_other:
+                continue
+            case = found[capture_id]
+            out.append({"capture_id": capture_id, "label": review["label"], "doctor": review["doctor"],
+                        "given_at": review["given_at"], "image_sha256": case["image_sha256"],
+                        "content_type": case["content_type"], "device_id": case["device_id"],
+                        "model_label": case["label"]})
+        return out
+
+    # -- phone pairing ------------------------------------------------------------------
+
+    def case_by_token_hash(self, token_sha256: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(cases).where(cases.c.pairing_token_sha256 == token_sha256)
+                               .order_by(cases.c.received_at).limit(1)).mappings().first()
+        return _case(row) if row else None
+
+    def cases_by_token_hash(self, token_sha256: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(cases).where(cases.c.pairing_token_sha256 == token_sha256)
+                                .order_by(cases.c.received_at.desc())).mappings()
+            return [_case(r) for r in rows]
+
+    def revoke_pairing(self, token_sha256: str, by: str) -> bool:
+        """Revoke a phone link for good. True when it was not revoked before."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(pairings.insert().values(token_sha256=token_sha256, revoked_at=utc_now(), revoked_by=by))
+            return True
+        except IntegrityError:
+            return False
+
+    def pairing_revocation(self, token_sha256: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(pairings).where(pairings.c.token_sha256 == token_sha256)).mappings().first()
+        return {**row, "revoked_at": _aware(row["revoked_at"])} if row else None
+
+    # -- chat ---------------------------------------------------------------------------
+
+    def add_message(self, message: ChatMessage) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(chat_messages.insert().values(
+                message_id=str(message.message_id), capture_id=str(message.capture_id), sender=message.sender,
+                author=message.author, text=message.text, sent_at=message.sent_at))
+
+    def messages(self, capture_id: str) -> list[ChatMessage]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(chat_messages).where(chat_messages.c.capture_id == str(capture_id))
+                                .order_by(chat_messages.c.sent_at, chat_messages.c.message_id)).mappings()
+            return [ChatMessage(**{**r, "sent_at": _aware(r["sent_at"])}) for r in rows]
+
+    def count_messages(self, capture_id: str, sender: str, since: datetime) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(chat_messages).where(
+                chat_messages.c.capture_id == str(capture_id), chat_messages.c.sender == sender,
+                chat_messages.c.sent_at >= since)).scalar_one()
+
+    # -- audit log ----------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str = "", detail: str = "", ip: str = "") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(audit_log.insert().values(at=utc_now(), actor=actor[:120], action=action[:64],
+                                                   target=target[:120], detail=detail[:4000], ip=ip[:64]))
+
+    def count_audit(self, action: str, target: str, since: datetime) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(audit_log).where(
+                audit_log.c.action == action, audit_log.c.target == target[:120],
+                audit_log.c.at >= since)).scalar_one()
+
+    def audit_entries(self, limit: int = 200, offset: int = 0, actor: str | None = None,
+                      action: str | None = None) -> list[dict[str, Any]]:
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit).offset(offset)
+        if actor:
+            query = query.where(audit_log.c.actor == actor)
+        if action:
+            query = query.where(audit_log.c.action == action)
+        with self.engine.connect() as conn:
+            return [{**r, "at": _aware(r["at"])} for r in conn.execute(query).mappings()]
+
+
+def _review(row: Any) -> dict[str, Any]:
+    out = {k: row[k] for k in ("id", "capture_id", "doctor", "label", "recommendation", "urgent", "given_at",
+                               "relayed_at")}
+    out["given_at"] = _aware(out["given_at"])
+    out["relayed_at"] = _aware(out["relayed_at"])
+    return out
+
+
+def _feedback(review: dict[str, Any], device_id: str) -> Feedback:
+    return Feedback(capture_id=review["capture_id"], device_id=device_id, given_at=review["given_at"],
+                    doctor=review["doctor"], label=review["label"], recommendation=review["recommendation"],
+                    urgent=review["urgent"])
 
 
 def _result_columns(result: Result | None) -> dict[str, Any]:

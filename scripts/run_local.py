@@ -39,6 +39,7 @@ def services(env: dict[str, str]) -> list[Service]:
                            "--device", env.get("SKINSCAN_DEVICE_ID", "kiosk-01")],
                 f"mqtt://127.0.0.1:{broker_port}", int(broker_port)),
         *_cloud_consumer(env),
+        dashboard_service(env),
         kiosk_service(env),
     ]
 
@@ -49,6 +50,8 @@ def kiosk_service(env: dict[str, str]) -> Service:
     device_id = env.get("SKINSCAN_DEVICE_ID", "kiosk-01")
     return Service("kiosk", [sys.executable, "-m", "device.cli", "kiosk"], f"http://127.0.0.1:{port}/", int(port),
                    env={"SKINSCAN_MQTT__USERNAME": device_id,
+                        # the QR code's phone link points at this run's dashboard
+                        "SKINSCAN_KIOSK__PUBLIC_URL": env.get("SKINSCAN_KIOSK__PUBLIC_URL", _dashboard_url(env)),
                         "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / f"{device_id}.secret"),
                         "SKINSCAN_DATA_DIR": str(VAR / "device"),
                         "SKINSCAN_OUTBOX__PATH": str(VAR / "device" / "outbox.sqlite3")})
@@ -73,6 +76,25 @@ def _cloud_consumer(env: dict[str, str]) -> list[Service]:
         "SKINSCAN_DATABASE__URL": env.get("SKINSCAN_DATABASE__URL", f"sqlite:///{cloud / 'skinscan.sqlite3'}"),
         "SKINSCAN_STORAGE__IMAGE_DIR": str(cloud / "images"),
     })]
+
+
+def _dashboard_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env.get('SKINSCAN_DASHBOARD__PORT', '8090')}"
+
+
+def dashboard_service(env: dict[str, str]) -> Service:
+    """`skinscan-cloud dashboard`: staff dashboard, phone pages, model bundles (accounts: `skinscan-cloud add-user`)."""
+    cloud = VAR / "cloud"
+    url = _dashboard_url(env)
+    return Service("dashboard", [sys.executable, "-m", "cloud.cli", "dashboard"], url + "/",
+                   int(url.rsplit(":", 1)[1]), env={
+        "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / "cloud.secret"),
+        "SKINSCAN_DATABASE__URL": env.get("SKINSCAN_DATABASE__URL", f"sqlite:///{cloud / 'skinscan.sqlite3'}"),
+        "SKINSCAN_STORAGE__IMAGE_DIR": str(cloud / "images"),
+        "SKINSCAN_DASHBOARD__SECRET_KEY_FILE": str(cloud / "secret_key"),
+        "SKINSCAN_DASHBOARD__PUBLIC_URL": env.get("SKINSCAN_DASHBOARD__PUBLIC_URL", url),
+        "SKINSCAN_UPDATES__BUNDLE_DIR": str(cloud / "bundles"),
+    })
 
 
 def _wait_ready(service: Service, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -125,6 +147,8 @@ def main() -> int:
         for service, _ in procs:
             if service.url:
                 print(f"  {service.name:<10} {service.url}", flush=True)
+        if any(service.name == "dashboard" for service, _ in procs):
+            print("  (dashboard accounts: python -m cloud.cli add-user NAME --role dermatologist|admin)", flush=True)
         print("Press Ctrl-C to stop.\n", flush=True)
         while True:
             for service, proc in procs:

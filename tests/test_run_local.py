@@ -32,9 +32,9 @@ def _descendants(pid: int) -> set[int]:
 
 
 def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
-    port, ws, kiosk = free_port(), free_port(), free_port()
+    port, ws, kiosk, dashboard = free_port(), free_port(), free_port(), free_port()
     env = dict(os.environ, SKINSCAN_MQTT__PORT=str(port), SKINSCAN_BROKER_WS_PORT=str(ws),
-               SKINSCAN_KIOSK__PORT=str(kiosk),
+               SKINSCAN_KIOSK__PORT=str(kiosk), SKINSCAN_DASHBOARD__PORT=str(dashboard),
                SKINSCAN_RUN_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_local.py")], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -55,6 +55,8 @@ def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
         client.disconnect()
         with urllib.request.urlopen(f"http://127.0.0.1:{kiosk}/api/live", timeout=10) as resp:
             assert json.load(resp)["camera"]["message"]  # the kiosk answers (live, or why not)
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/login", timeout=10) as resp:
+            assert b"Medical staff login" in resp.read()
         children = _descendants(proc.pid)
         assert children, "run_local started no children"
     finally:
@@ -65,6 +67,7 @@ def test_run_local_starts_broker_and_ctrl_c_stops_everything(tmp_path: Path):
     assert "SkinScan is running" in output
     assert f"mqtt://127.0.0.1:{port}" in output
     assert f"http://127.0.0.1:{kiosk}/" in output
+    assert f"http://127.0.0.1:{dashboard}/" in output
     time.sleep(0.2)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
