@@ -61,17 +61,18 @@ def _retrain(args: argparse.Namespace) -> int:
     import getpass
     from pathlib import Path
 
+    from cloud.bundles import BundleError
     from cloud.model_updates import ModelUpdateError, retrain_and_release
     from cloud.registry import RegistryError
     from contract import encode
 
     cfg = load_cloud(args.config)
-    train_args = [a for a in args.train_args if a != "--"]
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     try:
         outcome = retrain_and_release(cfg, Path(args.labelled), by=args.by or getpass.getuser(),
                                       data=Path(args.data) if args.data else None, version=args.version,
                                       train_args=train_args)
-    except (ModelUpdateError, RegistryError) as exc:
+    except (ModelUpdateError, RegistryError, BundleError) as exc:
         print(f"skinscan-cloud retrain: {exc}", file=sys.stderr)
         return 1
     record = outcome.record
@@ -159,12 +160,14 @@ def _consume(args: argparse.Namespace) -> int:
 def _announce_current(cfg) -> None:
     """Re-publish the current model's retained announcement, so a broker that lost its retained
     messages recovers; a failure is logged and the consumer starts anyway."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from cloud.model_updates import ModelUpdateError, republish_current
     from cloud.registry import RegistryError
 
     try:
         republish_current(cfg)
-    except (ModelUpdateError, RegistryError, OSError) as exc:
+    except (ModelUpdateError, RegistryError, SQLAlchemyError, OSError) as exc:
         log.warning("current model not re-announced: %s", exc)
 
 

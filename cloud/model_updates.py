@@ -129,7 +129,11 @@ def retrain_and_release(cfg: CloudConfig, labelled: Path, *, by: str, data: Path
                                    bundle_dir=cfg.updates.bundle_dir, base_url=cfg.updates.base_url,
                                    private_key_pem=cfg.updates.signing_key_file.read_bytes())
     if announcement is not None and publish:
-        publish_announcement(cfg, announcement)
+        try:
+            publish_announcement(cfg, announcement)
+        except ModelUpdateError as exc:
+            raise ModelUpdateError(f"model {version} is promoted but was not announced ({exc}); "
+                                   "run `skinscan-cloud publish-model` when the broker is reachable") from None
     return RetrainOutcome(record, announcement, out / "model.json")
 
 
@@ -137,7 +141,10 @@ def publish_announcement(cfg: CloudConfig, announcement: ModelAnnouncement, time
     """Publish retained, QoS 1, on ``Topics.model_current`` and wait for the broker's acknowledgement."""
     topic = Topics(cfg.mqtt.topic_prefix).model_current
     # A short-lived client of its own: a fresh session that never collides with a consumer's.
-    client = mqttclient.build(cfg.mqtt, client_id=f"cloud-models-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        client = mqttclient.build(cfg.mqtt, client_id=f"cloud-models-{os.getpid()}-{secrets.token_hex(3)}")
+    except mqttclient.MqttSetupError as exc:
+        raise ModelUpdateError(str(exc)) from None
     connected = threading.Event()
     acked = threading.Event()
     outcome: dict[str, Any] = {}

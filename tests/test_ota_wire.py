@@ -304,10 +304,17 @@ def test_bad_announcements_through_the_broker_are_refused_and_the_kiosk_keeps_it
 
 
 def test_retrain_refuses_missing_inputs_and_cleans_up_a_failed_training(broker, tiny_lineage, tmp_path: Path,
-                                                                         keys: Path):
-    cloud = load_cloud(environ=cloud_env(broker, tmp_path, keys, tiny_lineage, "http://cloud"))
+                                                                         keys: Path, monkeypatch, capsys):
+    from cloud.cli import main
+
+    env = cloud_env(broker, tmp_path, keys, tiny_lineage, "http://cloud")
+    cloud = load_cloud(environ=env)
     with pytest.raises(ModelUpdateError, match="not a folder"):
         retrain_and_release(cloud, tmp_path / "nope", by="t", trainer=trainer_from(tiny_lineage, []))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["retrain", "--labelled", str(tmp_path / "nope"), "--by", "t", "--", "--fine-epochs", "1"]) == 1
+    assert "labelled cases" in capsys.readouterr().err
 
     def failing(argv: list[str]) -> int:
         out = Path(argv[argv.index("--out") + 1])
