@@ -351,3 +351,27 @@ def test_a_rejected_candidate_is_recorded_and_not_announced(broker, tiny_lineage
         assert watcher.messages == []
     finally:
         watcher.close()
+
+
+def test_consume_start_up_re_announces_the_current_model(broker, tiny_lineage, tmp_path: Path, keys: Path):
+    """`skinscan-cloud consume` (a real process) publishes the current announcement again when it starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = cloud_env(broker, tmp_path, keys, tiny_lineage, "http://cloud.example")
+    promoted = retrain_and_release(load_cloud(environ=env), tiny_lineage.extra, by="dr.amal", version="tiny-2",
+                                   trainer=trainer_from(tiny_lineage, []), publish=False)
+    watcher = Watcher(broker, "cloud", [TOPICS.model_current])
+    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "consume", "--worker-id", "w1"],
+                            env={**os.environ, **env, "SKINSCAN_MODEL__THREADS": "1"}, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: watcher.messages, 60, "the announcement from the starting consumer")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        watcher.close()
+    ann = decode(watcher.messages[0][1], expect=ModelAnnouncement)
+    assert ann.version == "tiny-2" and ann.sha256 == promoted.announcement.sha256, err.decode()[-2000:]
+    assert ann.url == "http://cloud.example/models/tiny-2/bundle.zip"
