@@ -57,6 +57,68 @@ def _model_release(args: argparse.Namespace) -> int:
     return 0 if announcement is not None else 3
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    import getpass
+    from pathlib import Path
+
+    from cloud.bundles import BundleError
+    from cloud.model_updates import ModelUpdateError, retrain_and_release
+    from cloud.registry import RegistryError
+    from contract import encode
+
+    cfg = load_cloud(args.config)
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    try:
+        outcome = retrain_and_release(cfg, Path(args.labelled), by=args.by or getpass.getuser(),
+                                      data=Path(args.data) if args.data else None, version=args.version,
+                                      train_args=train_args)
+    except (ModelUpdateError, RegistryError, BundleError) as exc:
+        print(f"skinscan-cloud retrain: {exc}", file=sys.stderr)
+        return 1
+    record = outcome.record
+    print(f"model {record.version} (parent {record.parent}): {record.status}"
+          + (f" ({record.reason})" if record.reason else ""), file=sys.stderr)
+    if outcome.announcement is None:
+        return 3
+    print(encode(outcome.announcement).decode())
+    return 0
+
+
+def _publish_model(args: argparse.Namespace) -> int:
+    from cloud.model_updates import ModelUpdateError, republish_current
+    from contract import encode
+
+    try:
+        announcement = republish_current(load_cloud(args.config))
+    except ModelUpdateError as exc:
+        print(f"skinscan-cloud publish-model: {exc}", file=sys.stderr)
+        return 1
+    if announcement is None:
+        print("no promoted model with a bundle: nothing to announce", file=sys.stderr)
+        return 0
+    print(encode(announcement).decode())
+    return 0
+
+
+def _export_labelled(args: argparse.Namespace) -> int:
+    from cloud.labelled import LabelledExportError, export_labelled
+    from cloud.storage import Storage
+
+    cfg = load_cloud(args.config)
+    storage = Storage(cfg.database.url, cfg.storage.image_dir)
+    storage.migrate()
+    try:
+        counts = export_labelled(storage, args.out)
+    except LabelledExportError as exc:
+        print(f"skinscan-cloud export-labelled: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        storage.close()
+    print(f"{sum(counts.values())} confirmed cases in {args.out}: "
+          + ", ".join(f"{label} {n}" for label, n in sorted(counts.items())))
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     cfg = load_cloud(args.config)
     for record in _registry(cfg).all():
@@ -84,6 +146,7 @@ def _consume(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    _announce_current(cfg)
     try:
         consumer = Consumer(cfg, worker_id=args.worker_id)
         consumer.run(stop)
@@ -92,6 +155,20 @@ def _consume(args: argparse.Namespace) -> int:
         return 1
     log.info("consumer %s stopped: %s", consumer.worker_id, consumer.counts)
     return 0
+
+
+def _announce_current(cfg) -> None:
+    """Re-publish the current model's retained announcement, so a broker that lost its retained
+    messages recovers; a failure is logged and the consumer starts anyway."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud.model_updates import ModelUpdateError, republish_current
+    from cloud.registry import RegistryError
+
+    try:
+        republish_current(cfg)
+    except (ModelUpdateError, RegistryError, SQLAlchemyError, OSError) as exc:
+        log.warning("current model not re-announced: %s", exc)
 
 
 def _consume_many(args: argparse.Namespace, configured_id: str) -> int:
@@ -249,6 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", required=True, help="who releases it (recorded in the registry)")
     p.add_argument("--override", help="promote despite the decision; the reason is recorded")
     p.set_defaults(func=_model_release)
+    p = sub.add_parser("retrain", help="fine-tune the current model on the original data plus labelled cases; "
+                                       "if the candidate is promoted, bundle, sign and announce it to the devices "
+                                       "(exit 3 when it is rejected)")
+    p.add_argument("--labelled", required=True, help="folder-per-class tree of confirmed cases (export-labelled)")
+    p.add_argument("--data", help="original data with train/ and val/ (default: updates.training_data)")
+    p.add_argument("--by", help="who retrains (recorded in the registry; default: the login name)")
+    p.add_argument("--version", help="the candidate's version (default: UTC date.time)")
+    p.add_argument("train_args", nargs=argparse.REMAINDER,
+                   help="after --: options passed to models.retrain (e.g. -- --fine-epochs 2)")
+    p.set_defaults(func=_retrain)
+    p = sub.add_parser("publish-model", help="announce the current model again (retained on models/current)")
+    p.set_defaults(func=_publish_model)
+    p = sub.add_parser("export-labelled", help="write doctor-confirmed cases as a folder-per-class tree with "
+                                               "manifest.csv, for retrain --labelled")
+    p.add_argument("out", metavar="DIR")
+    p.set_defaults(func=_export_labelled)
     p = sub.add_parser("models", help="list every model version in the registry")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_models)

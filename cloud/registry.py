@@ -1,8 +1,9 @@
 """Model registry: every model version ever trained, with its lineage, data, metrics and files.
 
-SQLAlchemy Core on its own :data:`metadata` (SQLite or PostgreSQL), so the cloud's migration
-system can adopt the tables as they are. A version is registered as a ``candidate`` and later
-``promoted`` or ``rejected`` (by whom, when, why); nothing is ever deleted. The current model is
+SQLAlchemy Core (SQLite or PostgreSQL). The tables are created by the cloud's versioned
+migrations (``cloud.storage.MIGRATIONS``, migration 2), in the same database as the cases.
+A version is registered as a ``candidate`` and later ``promoted`` or ``rejected`` (by whom,
+when, why); nothing is ever deleted. The current model is
 the most recently promoted one; promoting an older version again is how the cloud rolls back.
 Every status change is also appended to ``model_events``.
 """
@@ -142,12 +143,14 @@ class Registry:
         self.engine = engine
 
     @classmethod
-    def connect(cls, url: str, create: bool = True) -> Registry:
-        """Open the registry at a SQLAlchemy URL; ``create`` makes missing tables (until the cloud's
-        migrations own them)."""
-        engine = sa.create_engine(url, future=True)
-        if create:
-            metadata.create_all(engine)
+    def connect(cls, url: str, migrate: bool = True) -> Registry:
+        """Open the registry at a SQLAlchemy URL (``database.url``); ``migrate`` first brings the whole
+        cloud schema up to date, as every cloud command does at start."""
+        from cloud import storage
+
+        engine = storage.make_engine(url)
+        if migrate:
+            storage.migrate(engine)
         return cls(engine)
 
     def register(self, model_json: str | Path, *, actor: str, decision: dict | None = None,

@@ -160,9 +160,21 @@ def _v2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_cases_pairing_token_sha256 ON cases (pairing_token_sha256)"))
 
 
+def _v3(conn: Connection) -> None:
+    """The model registry (cloud.registry): versions, their files, and the promotion log.
+
+    ``checkfirst``: databases from before this migration may already hold these tables, made by the
+    registry itself with the same definitions; they are adopted as they are."""
+    from cloud import registry
+
+    for table in (registry.model_versions, registry.model_files, registry.model_events):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -178,59 +190,75 @@ class StorageError(RuntimeError):
     pass
 
 
+def make_engine(url: str) -> Engine:
+    """The engine every cloud component uses for ``database.url`` (SQLite: folder made, WAL, busy timeout)."""
+    # No pre-ping (a round trip per query): a dropped connection raises, the consumer retries,
+    # and SQLAlchemy replaces the connection.
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        db = engine.url.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+@contextmanager
+def _sqlite_lock(engine: Engine) -> Iterator[None]:
+    """SQLite: a file lock held until the migration transaction has committed."""
+    db = engine.url.database
+    if engine.dialect.name != "sqlite" or db in (None, "", ":memory:"):
+        yield
+        return
+    with open(f"{db}.migrate.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def schema_version_of(engine: Engine) -> int:
+    with engine.connect() as conn:
+        if not engine.dialect.has_table(conn, "schema_version"):
+            return 0
+        return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema at ``engine`` up to date under a lock; returns the version reached."""
+    with _sqlite_lock(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))  # held until this transaction ends
+        schema_version.create(conn, checkfirst=True)
+        done = set(conn.execute(select(schema_version.c.version)).scalars())
+        for number, step in MIGRATIONS:
+            if number in done:
+                continue
+            log.info("applying schema migration %d", number)
+            step(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=utc_now()))
+    current = schema_version_of(engine)
+    if current > SCHEMA_VERSION:
+        raise StorageError(f"database schema is version {current}, this code knows up to {SCHEMA_VERSION}; "
+                           f"upgrade SkinScan before using this database")
+    return current
+
+
 class Storage:
     def __init__(self, url: str, image_dir: str | Path) -> None:
         self.url = url
         self.image_dir = Path(image_dir)
-        # No pre-ping (a round trip per query): a dropped connection raises, the consumer retries,
-        # and SQLAlchemy replaces the connection.
-        self.engine: Engine = create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            db = self.engine.url.database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = make_engine(url)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- migrations ---------------------------------------------------------------------
 
-    @contextmanager
-    def _sqlite_lock(self) -> Iterator[None]:
-        """SQLite: a file lock held until the migration transaction has committed."""
-        db = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or db in (None, "", ":memory:"):
-            yield
-            return
-        with open(f"{db}.migrate.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            yield
-
     def version(self) -> int:
-        with self.engine.connect() as conn:
-            if not self.engine.dialect.has_table(conn, "schema_version"):
-                return 0
-            return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+        return schema_version_of(self.engine)
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the version reached."""
-        with self._sqlite_lock(), self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))  # held until this transaction ends
-            schema_version.create(conn, checkfirst=True)
-            done = set(conn.execute(select(schema_version.c.version)).scalars())
-            for number, step in MIGRATIONS:
-                if number in done:
-                    continue
-                log.info("applying schema migration %d", number)
-                step(conn)
-                conn.execute(schema_version.insert().values(version=number, applied_at=utc_now()))
-        current = self.version()
-        if current > SCHEMA_VERSION:
-            raise StorageError(f"database schema is version {current}, this code knows up to {SCHEMA_VERSION}; "
-                               f"upgrade SkinScan before using this database")
-        return current
+        return migrate(self.engine)
 
     # -- images -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from settings import ConfigError, load_device
 
 if TYPE_CHECKING:
+    from device.updater import Updater
     from device.uplink import Uplink
     from settings.schema import DeviceConfig
 
@@ -59,12 +60,27 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _start_uplink(cfg: DeviceConfig) -> Uplink | None:
+def _updater(cfg: DeviceConfig) -> Updater | None:
+    """Over-the-air updates with the installed model loaded (falling back to the previous, then the
+    factory model); None when updates cannot run (no public key, no model), so the kiosk still starts."""
+    from device.inference import BackendError
+    from device.selftest import SelfTestError
+    from device.updater import UpdateError, Updater
+    from models.manifest import ManifestError
+
+    try:
+        return Updater.from_config(cfg)
+    except (UpdateError, ManifestError, BackendError, SelfTestError, OSError) as exc:
+        log.error("over-the-air model updates are off: %s", exc)
+        return None
+
+
+def _start_uplink(cfg: DeviceConfig, updater: Updater | None = None) -> Uplink | None:
     """The MQTT outbox and link; a broken cloud link must not keep the offline kiosk from starting."""
     from device.uplink import Uplink
 
     try:
-        uplink = Uplink(cfg)
+        uplink = Uplink(cfg, updater)
         uplink.start()
     except Exception as exc:
         log.error("cloud uplink not started (%s): the kiosk runs offline", exc)
@@ -82,13 +98,23 @@ def _kiosk(args: argparse.Namespace) -> int:
     cfg = load_device(args.config)
     if args.port is not None:
         cfg = cfg.model_copy(update={"kiosk": cfg.kiosk.model_copy(update={"port": args.port})})
-    uplink = None if args.offline else _start_uplink(cfg)
-    app = create_app(cfg, uplink)
+    # Offline there are no announcements, but the updater still serves the installed (updated) version.
+    updater = _updater(cfg)
+    uplink = None if args.offline else _start_uplink(cfg, updater)
+    app = create_app(cfg, uplink, updater=updater)
     kiosk = app.extensions["skinscan_kiosk"]
+
+    def close() -> None:
+        kiosk.stop()
+        if uplink is not None:
+            uplink.close()
+        if updater is not None:
+            updater.close()
+
     try:
         server = make_server(cfg.kiosk.host, cfg.kiosk.port, app, threaded=True)
     except OSError as exc:
-        kiosk.stop()
+        close()
         print(f"skinscan-device: cannot listen on {cfg.kiosk.host}:{cfg.kiosk.port}: {exc}", file=sys.stderr)
         return 1
 
@@ -103,9 +129,7 @@ def _kiosk(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
-        kiosk.stop()
-        if uplink is not None:
-            uplink.close()
+        close()
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -162,11 +186,14 @@ def _uplink(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    uplink = Uplink(cfg)
+    updater = _updater(cfg)
+    uplink = Uplink(cfg, updater)
     uplink.start()
     while not stop.wait(1.0):
         pass
     uplink.close()
+    if updater is not None:
+        updater.close()
     return 0
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from device import preprocess, report
 from device.inference import Classifier, Prediction
+from device.updater import ModelSlot
 from settings.schema import DeviceConfig
 
 
@@ -19,6 +20,9 @@ class Diagnosis:
     report: report.Report
     total_ms: float
     box: preprocess.Box  # the crop that was classified (the user's or the automatic one)
+    # The model that made it: labels, threshold and dangerous classes must come from the same one,
+    # even if an over-the-air update swapped the slot meanwhile.
+    model: Classifier = field(repr=False, compare=False)
 
     def as_json(self) -> dict[str, object]:
         p = self.prediction
@@ -40,9 +44,17 @@ class Diagnosis:
 
 
 class Diagnoser:
-    def __init__(self, classifier: Classifier, hair_removal: bool = False) -> None:
-        self.classifier = classifier
+    """``model``: a fixed :class:`Classifier`, or the :class:`ModelSlot` that over-the-air updates swap;
+    the slot is read once per diagnosis and everything in it uses that one model."""
+
+    def __init__(self, model: Classifier | ModelSlot, hair_removal: bool = False) -> None:
+        self.slot = model if isinstance(model, ModelSlot) else ModelSlot(model)
         self.hair_removal = hair_removal
+
+    @property
+    def classifier(self) -> Classifier:
+        """The model serving now (a later call may see another one after an update)."""
+        return self.slot.get()
 
     @classmethod
     def from_config(cls, cfg: DeviceConfig) -> Diagnoser:
@@ -52,9 +64,11 @@ class Diagnoser:
     def diagnose(self, rgb: np.ndarray, box: preprocess.Box | None = None) -> Diagnosis:
         """``box``: the user's crop; None takes the automatic lesion-centred square."""
         start = time.perf_counter()
+        clf = self.slot.get()  # once: input size, prediction and dangerous classes from the same model
         quality = preprocess.assess(rgb, box)
         used = box if box is not None else preprocess.auto_box(rgb)
-        pixels = preprocess.model_input(rgb, self.classifier.input_size, used, self.hair_removal)
-        prediction = self.classifier.predict_pixels(pixels)
-        rep = report.build(prediction, quality, self.classifier.manifest.dangerous)
-        return Diagnosis(prediction, quality, rep, (time.perf_counter() - start) * 1000.0, tuple(map(int, used)))
+        pixels = preprocess.model_input(rgb, clf.input_size, used, self.hair_removal)
+        prediction = clf.predict_pixels(pixels)
+        rep = report.build(prediction, quality, clf.manifest.dangerous)
+        return Diagnosis(prediction, quality, rep, (time.perf_counter() - start) * 1000.0, tuple(map(int, used)),
+                         clf)

@@ -41,12 +41,13 @@ class LiveResult:
     box: preprocess.Box | None = None
     frame_index: int = 0
     at: float = 0.0  # camera timestamp (time.time()) of the classified frame
+    model_version: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"label": self.label, "name": self.name, "confidence": round(self.confidence, 4),
                 "unsure": self.unsure, "ms": round(self.ms, 1), "warnings": self.warnings,
                 "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
-                "frame_index": self.frame_index, "frame_time": self.at}
+                "frame_index": self.frame_index, "frame_time": self.at, "model_version": self.model_version}
 
 
 class Smoother:
@@ -130,6 +131,7 @@ class LiveStream:
         self.jpeg_quality = jpeg_quality
         self.size = size
         self.result: LiveResult | None = None
+        self._model_version: str | None = None  # of the model behind the smoothed result
         self.model_error: str | None = None if diagnoser is not None else "model not loaded"
         self.classify_rate = _Rate()
         self.render_rate = _Rate()
@@ -166,18 +168,23 @@ class LiveStream:
         """One frame through the same pipeline as a capture, folded into the moving average."""
         assert self.diagnoser is not None
         diagnosis = self.diagnoser.diagnose(frame.rgb)
-        labels = self.diagnoser.classifier.labels
+        model = diagnosis.model  # the one model this frame used, even if an update swapped the slot meanwhile
+        if model.version != self._model_version:
+            # A new model (maybe with other classes): its probabilities do not average with the old one's.
+            self.smoother.reset()
+            self._model_version = model.version
+        labels = model.labels
         raw = np.array([diagnosis.prediction.probabilities[label] for label in labels])
         smooth = self.smoother.update(raw)
         best = int(np.argmax(smooth))
         confidence = float(smooth[best])
-        threshold = self.diagnoser.classifier.calibration.threshold
+        threshold = model.calibration.threshold
         warnings = [issue.message for issue in diagnosis.quality.issues]
         return LiveResult(label=labels[best], name=report.describe(labels[best])[0], confidence=confidence,
                           unsure=confidence < threshold,
                           probabilities={label: float(p) for label, p in zip(labels, smooth, strict=True)},
                           ms=diagnosis.total_ms, warnings=warnings, box=diagnosis.box,
-                          frame_index=frame.index, at=frame.timestamp)
+                          frame_index=frame.index, at=frame.timestamp, model_version=model.version)
 
     def _classify_loop(self) -> None:
         last_index, last_start = -1, 0.0

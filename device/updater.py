@@ -120,6 +120,8 @@ class Updater:
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context
         self.last_result: UpdateResult | None = None
+        # Why start-up did not serve the installed current version (shown on the kiosk), else None.
+        self.rollback: str | None = None
         self._lock = threading.Lock()  # one update at a time
         self._pending: ModelAnnouncement | bytes | None = None
         self._wake = threading.Condition()
@@ -155,6 +157,15 @@ class Updater:
         data.setdefault("rejected", {})
         return data
 
+    def summary(self) -> dict[str, object]:
+        """What the kiosk page and logs show: the version serving, the previous one kept, the last
+        update's outcome and any start-up rollback."""
+        last = self.last_result
+        return {"version": self.slot.version, "previous": self.state().get("previous"),
+                "last_update": None if last is None else {"outcome": last.outcome, "version": last.version,
+                                                          "reason": last.reason},
+                "rollback": self.rollback}
+
     def _save_state(self, state: dict) -> None:
         _fsync_write(self.versions_dir / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
 
@@ -182,6 +193,7 @@ class Updater:
                 continue
             if slot_name == "previous":
                 log.warning("rolled back to the previous model %s", version)
+                self.rollback = f"rolled back to {version}: " + "; ".join(errors)
                 state = {**state, "current": version, "previous": None}
                 self._save_state(state)
             self.slot.swap(classifier)
@@ -191,6 +203,7 @@ class Updater:
         classifier = self._load(self.factory_manifest)
         if state.get("current") or state.get("previous"):
             self._save_state({**state, "current": None, "previous": None})
+            self.rollback = f"rolled back to the factory model {classifier.version}: " + "; ".join(errors)
         self.slot.swap(classifier)
         log.info("serving the factory model %s", classifier.version)
         return classifier

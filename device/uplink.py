@@ -10,8 +10,13 @@ the same id would keep kicking each other off the broker). It owns:
   subscribed yet) stays queued and is retried with a doubling backoff; paho itself reconnects
   with a doubling delay (``outbox.retry_initial_s`` .. ``retry_max_s``) and re-sends what was in
   flight. A sent capture whose result is overdue (``outbox.answer_timeout_s``) is queued again;
-* the retained ``status`` topic: ``online`` with queued/sent counts on connect and every
-  ``outbox.stats_interval_s``, ``offline`` as the last will and on a clean stop.
+* the retained ``status`` topic: ``online`` with queued/sent counts and the model version on connect,
+  every ``outbox.stats_interval_s`` and whenever the model changes; ``offline`` as the last will and on
+  a clean stop;
+* with an :class:`device.updater.Updater`, the retained ``models/current`` announcement: every payload
+  is handed to ``Updater.submit`` (a worker thread downloads and swaps; this network thread never
+  blocks). The broker sends the retained announcement on every (re)subscribe, so a kiosk that was
+  offline when a model was promoted catches up as soon as it connects.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -31,6 +36,9 @@ from contract import Capture, ContractError, DeviceStatus, Feedback, Result, Top
 from device import mqttclient
 from device.outbox import Outbox, OutboxError
 from settings.schema import DeviceConfig
+
+if TYPE_CHECKING:
+    from device.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,9 @@ class UplinkBusy(OutboxError):
 
 
 class Uplink:
-    def __init__(self, cfg: DeviceConfig) -> None:
+    def __init__(self, cfg: DeviceConfig, updater: Updater | None = None) -> None:
         self.cfg = cfg
+        self.updater = updater
         self.device_id = cfg.device_id
         self.topics = Topics(cfg.mqtt.topic_prefix)
         self.outbox = Outbox(cfg.outbox.path, cfg.outbox.max_bytes)
@@ -58,15 +67,21 @@ class Uplink:
         self._lock_file: IO[str] | None = None
         self._started = time.monotonic()
         self.last_error: str | None = None
-        self.model_version = self._model_version()
+        self._factory_version = None if updater is not None else self._manifest_version()
+        self._announced_version: str | None = None  # the model_version last published in status (flusher)
 
-    def _model_version(self) -> str | None:
+    def _manifest_version(self) -> str | None:
         from models import manifest
 
         try:
             return manifest.load(self.cfg.model.manifest).version
         except manifest.ManifestError:
             return None
+
+    @property
+    def model_version(self) -> str | None:
+        """The model serving now: the updater's slot, else the configured model.json's version."""
+        return self.updater.slot.version if self.updater is not None else self._factory_version
 
     # -- the interface the kiosk calls ----------------------------------------------------
 
@@ -183,7 +198,10 @@ class Uplink:
             log.error("%s (user %r); retrying", self.last_error, self.cfg.mqtt.username)
             return
         log.info("connected to the broker (session present: %s)", flags.session_present)
-        client.subscribe([(self.topics.results(self.device_id), 1), (self.topics.feedback(self.device_id), 1)])
+        subscriptions = [(self.topics.results(self.device_id), 1), (self.topics.feedback(self.device_id), 1)]
+        if self.updater is not None:
+            subscriptions.append((self.topics.model_current, 1))
+        client.subscribe(subscriptions)
         client.publish(self.topics.status(self.device_id), self._status("online"), qos=1, retain=True)
         self.last_error = None
         self._connected.set()
@@ -204,6 +222,13 @@ class Uplink:
         self._events.put((mid, reason))
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.model_current:
+            if self.updater is not None:
+                try:
+                    self.updater.submit(msg.payload)  # queued for the updater's thread; a newer one replaces it
+                except RuntimeError as exc:  # closed while stopping
+                    log.info("model announcement ignored: %s", exc)
+            return
         # Recorded before this returns, i.e. before paho acknowledges: a crash redelivers it.
         try:
             kind = self.topics.parse(msg.topic).kind
@@ -241,7 +266,8 @@ class Uplink:
                 if self._connected.is_set() and not self._stopping.is_set():
                     self._publish_due()
                 now = time.monotonic()
-                if now >= next_stats and self._connected.is_set() and self._client is not None:
+                if (now >= next_stats or self.model_version != self._announced_version) and \
+                        self._connected.is_set() and self._client is not None:
                     self._client.publish(self.topics.status(self.device_id), self._status("online"), qos=1,
                                          retain=True)
                     next_stats = now + self.cfg.outbox.stats_interval_s
@@ -297,7 +323,10 @@ class Uplink:
 
     def _status(self, state: str) -> bytes:
         counts = self.outbox.counts() if state == "online" else {}
+        version = self.model_version
+        if state == "online":
+            self._announced_version = version
         return encode(DeviceStatus(device_id=self.device_id, at=utc_now(), state=state,
-                                   model_version=self.model_version, queued=counts.get("queued"),
+                                   model_version=version, queued=counts.get("queued"),
                                    sent=counts.get("sent"),
                                    uptime_s=round(time.monotonic() - self._started, 1)))

@@ -54,13 +54,24 @@ def kiosk_service(env: dict[str, str]) -> Service:
                         "SKINSCAN_KIOSK__PUBLIC_URL": env.get("SKINSCAN_KIOSK__PUBLIC_URL", _dashboard_url(env)),
                         "SKINSCAN_MQTT__PASSWORD_FILE": str(VAR / "broker" / "credentials" / f"{device_id}.secret"),
                         "SKINSCAN_DATA_DIR": str(VAR / "device"),
-                        "SKINSCAN_OUTBOX__PATH": str(VAR / "device" / "outbox.sqlite3")})
+                        "SKINSCAN_OUTBOX__PATH": str(VAR / "device" / "outbox.sqlite3"),
+                        "SKINSCAN_UPDATES__PUBLIC_KEY": str(VAR / "device" / "model-signing.pub"),
+                        "SKINSCAN_UPDATES__VERSIONS_DIR": str(VAR / "device" / "models")})
 
 
 def prepare() -> None:
-    """Make generated inputs that are not committed: the kiosk's demo camera stream."""
+    """Make generated inputs that are not committed: the kiosk's demo camera stream, and the key pair that
+    signs model updates (the kiosk gets the public half)."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_stream_fixture.py"), "--if-missing"],
                    cwd=ROOT, check=True)
+    from contract.signing import generate_keypair
+
+    private, public = VAR / "cloud" / "model-signing.pem", VAR / "cloud" / "model-signing.pub"
+    if not private.exists():
+        generate_keypair(private, public)
+    installed = VAR / "device" / "model-signing.pub"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    installed.write_bytes(public.read_bytes())
 
 
 def _cloud_consumer(env: dict[str, str]) -> list[Service]:
@@ -75,6 +86,9 @@ def _cloud_consumer(env: dict[str, str]) -> list[Service]:
         "SKINSCAN_BROKER__DATA_DIR": str(VAR / "broker"),
         "SKINSCAN_DATABASE__URL": env.get("SKINSCAN_DATABASE__URL", f"sqlite:///{cloud / 'skinscan.sqlite3'}"),
         "SKINSCAN_STORAGE__IMAGE_DIR": str(cloud / "images"),
+        "SKINSCAN_UPDATES__SIGNING_KEY_FILE": str(cloud / "model-signing.pem"),
+        "SKINSCAN_UPDATES__BUNDLE_DIR": str(cloud / "bundles"),
+        "SKINSCAN_UPDATES__MODELS_DIR": str(cloud / "models"),
     })]
 
 

@@ -161,6 +161,11 @@ class CloudUpdatesConfig(_Section):
     base_url: str = Field(min_length=1)
     # Promotion: no class's test-set recall may drop by more than this (0.05 = 5 points).
     max_recall_drop: float = Field(ge=0, le=1)
+    # `skinscan-cloud retrain` writes each candidate to MODELS_DIR/<version>/ (model.json and its files),
+    # where the next retraining finds its parent.
+    models_dir: Path = Path("var/cloud/models")
+    # The original training data (train/ and val/ class folders) retraining starts from.
+    training_data: Path = Path("../shared/data/skin")
 
 
 class CloudConfig(_Section):

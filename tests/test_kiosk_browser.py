@@ -117,3 +117,43 @@ def test_arabic_layout_is_right_to_left(kiosk_url: str, browser):
     panel = browser.find_element(By.ID, "panel").rect
     assert view["x"] > panel["x"]  # the live view sits on the right in Arabic
     assert browser.find_element(By.ID, "capture-btn").text == "التقاط"
+
+
+def test_the_page_shows_the_model_version_and_a_refused_update(tmp_path: Path, model_manifest: Path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from contract import ModelAnnouncement, signing, utc_now
+    from contract.signing import generate_keypair
+    from device.updater import ModelSlot, Updater
+
+    generate_keypair(tmp_path / "cloud.pem", tmp_path / "cloud.pub")
+    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    updater = Updater(ModelSlot(), tmp_path / "versions", (tmp_path / "cloud.pub").read_bytes(),
+                      factory_manifest=model_manifest)
+    version = updater.load_active().version
+    forged = ModelAnnouncement(version="v-forged", url="http://127.0.0.1:9/models/v-forged/bundle.zip",
+                               sha256="a" * 64, signature=signing.sign((tmp_path / "other.pem").read_bytes(),
+                                                                       "v-forged", "a" * 64),
+                               published_at=utc_now())
+    assert updater.handle(forged).outcome == "rejected"
+    folder = tmp_path / "stream"
+    samples.write_folder(folder, 4)
+    cfg = load_device(environ={"SKINSCAN_CAMERA__SOURCE": "folder", "SKINSCAN_CAMERA__URI": str(folder),
+                               "SKINSCAN_MODEL__MANIFEST": str(model_manifest), "SKINSCAN_MODEL__THREADS": "1",
+                               "SKINSCAN_STREAM__MAX_CLASSIFY_HZ": "5"})
+    app = create_app(cfg, updater=updater)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_port}/?lang=en")
+        line = browser.find_element(By.ID, "model-line")
+        WebDriverWait(browser, 30).until(lambda _d: "refused" in line.text)
+        assert line.text.startswith(f"Model version: {version}")
+        assert "update refused (v-forged): bad signature" in line.text
+        assert browser.execute_script("return document.documentElement.scrollHeight") <= 480
+    finally:
+        server.shutdown()
+        app.extensions["skinscan_kiosk"].stop()
+        updater.close()

@@ -119,3 +119,74 @@ def test_refusals(registry: Registry, tmp_path: Path):
     with pytest.raises(RegistryError, match="sha256"):
         registry.register(v2, actor="t")
     assert registry.get("v2") is None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """An empty database: a SQLite file, or a fresh PostgreSQL database (skipped with the reason)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cloud.sqlite3'}"
+    else:
+        url = _postgres_url()
+        yield url
+        _drop_postgres(url)
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_registry_tables_come_from_the_cloud_migrations(db_url: str, tmp_path: Path):
+    from cloud.storage import SCHEMA_VERSION, Storage
+
+    registry = Registry.connect(db_url, migrate=False)
+    assert "model_versions" not in _tables(db_url)  # the registry no longer creates tables itself
+    registry.engine.dispose()
+
+    storage = Storage(db_url, tmp_path / "images")
+    assert storage.migrate() == SCHEMA_VERSION >= 2
+    assert {"cases", "dead_letters", "schema_version", "model_versions", "model_files",
+            "model_events"} <= _tables(db_url)
+    registry = Registry.connect(db_url)  # migrating again is a no-op
+    registry.register(write_model(tmp_path / "v1", "v1"), actor="t")
+    assert registry.get("v1").status == "candidate"
+    with storage.engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    registry.engine.dispose()
+    storage.close()
+
+
+def test_an_existing_database_is_upgraded_and_registry_tables_it_already_had_are_adopted(db_url: str,
+                                                                                       tmp_path: Path):
+    """A cloud at schema 1 whose registry had created its own tables (before migration 2): its cases and
+    model versions survive the upgrade."""
+    from cloud import registry as registry_mod
+    from cloud.storage import MIGRATIONS, Storage, schema_version
+    from contract import utc_now
+
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        schema_version.create(conn)
+        dict(MIGRATIONS)[1](conn)
+        conn.execute(schema_version.insert().values(version=1, applied_at=utc_now()))
+        conn.execute(sa.text("INSERT INTO dead_letters (received_at, topic, reason, size, payload_sha256, payload) "
+                             "VALUES (:at, 't', 'old', 1, :sha, :payload)"),
+                     {"at": utc_now(), "sha": "0" * 64, "payload": b"x"})
+    registry_mod.metadata.create_all(engine)  # what Registry.connect used to do
+    Registry(engine).register(write_model(tmp_path / "v1", "v1"), actor="before")
+    engine.dispose()
+
+    registry = Registry.connect(db_url)
+    assert registry.get("v1").registered_by == "before"
+    registry.register(write_model(tmp_path / "v2", "v2", parent="v1"), actor="after")
+    assert [r.version for r in registry.all()] == ["v2", "v1"]
+    registry.engine.dispose()
+    storage = Storage(db_url, tmp_path / "images")
+    assert storage.version() == 2
+    assert [d["reason"] for d in storage.dead_letters()] == ["old"]
+    storage.close()

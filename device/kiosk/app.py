@@ -30,6 +30,7 @@ from device.camera import Camera
 from device.diagnose import Diagnoser, Diagnosis
 from device.kiosk import i18n
 from device.live import BOUNDARY, LiveStream
+from device.updater import Updater
 from settings import ConfigError, load_cloud
 from settings.schema import DeviceConfig
 
@@ -112,11 +113,15 @@ class Kiosk:
     """State behind the page: camera, live stream, model, captures, uplink."""
 
     def __init__(self, cfg: DeviceConfig, *, uplink: CloudUplink | None = None, diagnoser: Diagnoser | None = None,
-                 camera: Camera | None = None, load_model: bool = True) -> None:
+                 camera: Camera | None = None, load_model: bool = True, updater: Updater | None = None) -> None:
         self.cfg = cfg
         self.uplink = uplink
+        self.updater = updater
         self.model_error: str | None = None
-        if diagnoser is None and load_model:
+        if diagnoser is None and updater is not None:
+            # Over-the-air updates swap the updater's slot; live frames and captures read it per diagnosis.
+            diagnoser = Diagnoser(updater.slot, hair_removal=cfg.preprocess.hair_removal)
+        elif diagnoser is None and load_model:
             from device.inference import BackendError
             from models.manifest import ManifestError
 
@@ -217,6 +222,16 @@ class Kiosk:
             out[key] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
         return out
 
+    def model(self) -> dict[str, Any]:
+        """The model serving now and, with over-the-air updates, what the last update did."""
+        if self.diagnoser is None:
+            return {"ok": False, "error": self.model_error, "version": None, "update": None}
+        out: dict[str, Any] = {"ok": True, "error": None, "version": self.diagnoser.slot.version, "update": None}
+        if self.updater is not None:
+            summary = self.updater.summary()
+            out["update"] = {k: summary[k] for k in ("previous", "last_update", "rollback")}
+        return out
+
     def cloud(self) -> dict[str, Any]:
         if self.uplink is None:
             return {"configured": False, "connected": False}
@@ -232,7 +247,7 @@ class Kiosk:
         """The report as the page shows it, in the page's language."""
         d = rec.diagnosis
         assert d is not None
-        dangerous = self.diagnoser.classifier.manifest.dangerous if self.diagnoser else []
+        dangerous = d.model.manifest.dangerous  # the model that made this report, not the one serving now
         rows = []
         for label, prob in d.prediction.top(3):
             urgency = i18n.urgency_of(label, dangerous)
@@ -279,11 +294,14 @@ def _parse_box(raw: Any, shape: tuple[int, ...]) -> preprocess.Box | None:
 
 
 def create_app(cfg: DeviceConfig, uplink: CloudUplink | None = None, *, diagnoser: Diagnoser | None = None,
-               camera: Camera | None = None, load_model: bool = True, start: bool = True) -> Flask:
-    """The kiosk's Flask app; its :class:`Kiosk` is ``app.extensions["skinscan_kiosk"]`` (call ``.stop()``)."""
+               camera: Camera | None = None, load_model: bool = True, start: bool = True,
+               updater: Updater | None = None) -> Flask:
+    """The kiosk's Flask app; its :class:`Kiosk` is ``app.extensions["skinscan_kiosk"]`` (call ``.stop()``).
+    With an ``updater`` the kiosk serves ``updater.slot``, so an over-the-air update switches the model
+    between two frames."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + 1024 * 1024
-    kiosk = Kiosk(cfg, uplink=uplink, diagnoser=diagnoser, camera=camera, load_model=load_model)
+    kiosk = Kiosk(cfg, uplink=uplink, diagnoser=diagnoser, camera=camera, load_model=load_model, updater=updater)
     app.extensions["skinscan_kiosk"] = kiosk
     if start:
         kiosk.start()
@@ -335,8 +353,7 @@ def create_app(cfg: DeviceConfig, uplink: CloudUplink | None = None, *, diagnose
         camera = {"ok": status.ok, "message": status.message, "since": status.since, "frames": status.frames}
         return jsonify(camera=camera, live=live_json,
                        stats=kiosk.live.stats(),
-                       model={"ok": kiosk.diagnoser is not None, "error": kiosk.model_error,
-                              "version": kiosk.diagnoser.classifier.version if kiosk.diagnoser else None},
+                       model=kiosk.model(),
                        cloud=kiosk.cloud())
 
     @app.post("/api/capture")

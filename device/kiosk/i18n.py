@@ -67,6 +67,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "crop": "Analysed area",
         "back": "Back",
         "no_frame": "No camera picture to capture",
+        "update_installed": "updated to",
+        "update_unchanged": "up to date",
+        "update_rejected": "update refused",
+        "update_failed": "update not downloaded, will retry",
+        "rollback": "rolled back",
     },
     "ar": {
         "title": "جهاز SkinScan",
@@ -122,6 +127,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "crop": "المنطقة المحللة",
         "back": "رجوع",
         "no_frame": "لا توجد صورة من الكاميرا لالتقاطها",
+        "update_installed": "تم التحديث إلى",
+        "update_unchanged": "محدّث",
+        "update_rejected": "تم رفض التحديث",
+        "update_failed": "لم يُنزَّل التحديث، ستتم المحاولة لاحقًا",
+        "rollback": "تمت العودة إلى نسخة سابقة",
     },
 }
 

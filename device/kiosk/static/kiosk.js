@@ -33,6 +33,7 @@ async function refreshLive() {
   pill($("camera-status"), data.camera.ok, data.camera.message);
   pill($("model-status"), data.model.ok, data.model.ok ? data.model.version : `${T.model_missing}: ${data.model.error}`);
   pill($("cloud-status"), !!data.cloud.connected, data.cloud.connected ? T.connected : T.offline);
+  $("model-line").textContent = modelLine(data.model);
   const live = data.live;
   if (!data.camera.ok) {
     $("live-label").textContent = `${T.camera}: ${data.camera.message}`;
@@ -45,6 +46,19 @@ async function refreshLive() {
   } else if (!data.model.ok) {
     $("live-label").textContent = `${T.model}: ${T.model_missing}`;
   }
+}
+
+// "Model version: v2 · updated to v2" (or why the last over-the-air update was refused, or a rollback).
+function modelLine(model) {
+  if (!model.version) return "";
+  const parts = [`${T.model_version}: ${model.version}`];
+  const up = model.update;
+  if (up && up.rollback) parts.push(`${T.rollback}: ${up.rollback}`);
+  const last = up && up.last_update;
+  if (last && last.outcome === "installed") parts.push(`${T.update_installed} ${last.version}`);
+  else if (last && last.outcome === "unchanged") parts.push(T.update_unchanged);
+  else if (last) parts.push(`${T[`update_${last.outcome}`]} (${last.version}): ${last.reason}`);
+  return parts.join(" · ");
 }
 
 function showReport(r) {
