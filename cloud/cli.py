@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from runtime.sdnotify import supervised
 from settings import ConfigError, load_cloud
 
 log = logging.getLogger("skinscan.cloud")
@@ -149,7 +150,8 @@ def _consume(args: argparse.Namespace) -> int:
     _announce_current(cfg)
     try:
         consumer = Consumer(cfg, worker_id=args.worker_id)
-        consumer.run(stop)
+        with supervised(f"consumer {consumer.worker_id}", lambda: not stop.is_set()):
+            consumer.run(stop)
     except (ManifestError, BackendError, MqttSetupError) as exc:
         print(f"skinscan-cloud consume: {exc}", file=sys.stderr)
         return 1
@@ -288,7 +290,13 @@ def _dashboard(args: argparse.Namespace) -> int:
     cfg = load_cloud(args.config)
     host = args.host or cfg.dashboard.host
     port = args.port or cfg.dashboard.port
-    app = create_app(cfg)
+    from device.mqttclient import MqttSetupError
+
+    try:
+        app = create_app(cfg)
+    except MqttSetupError as exc:
+        print(f"skinscan-cloud dashboard: {exc}", file=sys.stderr)
+        return 1
     # Werkzeug's threaded server: one thread per open page (the live streams hold theirs). Enough for a
     # clinic's staff and patients' phones; put a TLS reverse proxy in front of it on a real network.
     server = make_server(host, port, app, threaded=True)
@@ -301,7 +309,8 @@ def _dashboard(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        server.serve_forever()
+        with supervised(f"dashboard on {host}:{server.server_port}"):
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from runtime.sdnotify import supervised
 from settings import ConfigError, load_device
 
 if TYPE_CHECKING:
@@ -88,6 +90,13 @@ def _start_uplink(cfg: DeviceConfig, updater: Updater | None = None) -> Uplink |
     return uplink
 
 
+def _uplink_healthy(uplink: Uplink | None) -> Callable[[], bool]:
+    """The watchdog is fed while the outbox answers: a wedged database or link thread ends in a restart."""
+    if uplink is None:
+        return lambda: True
+    return lambda: uplink.stats() is not None
+
+
 def _kiosk(args: argparse.Namespace) -> int:
     import signal
 
@@ -122,9 +131,11 @@ def _kiosk(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    print(f"kiosk on http://{cfg.kiosk.host}:{cfg.kiosk.port}/", flush=True)
+    url = f"http://{cfg.kiosk.host}:{cfg.kiosk.port}/"
+    print(f"kiosk on {url}", flush=True)
     try:
-        server.serve_forever()
+        with supervised(f"kiosk on {url}", _uplink_healthy(uplink)):
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
@@ -189,8 +200,9 @@ def _uplink(args: argparse.Namespace) -> int:
     updater = _updater(cfg)
     uplink = Uplink(cfg, updater)
     uplink.start()
-    while not stop.wait(1.0):
-        pass
+    with supervised(f"uplink for {cfg.device_id}", _uplink_healthy(uplink)):
+        while not stop.wait(1.0):
+            pass
     uplink.close()
     if updater is not None:
         updater.close()

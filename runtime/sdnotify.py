@@ -26,7 +26,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +173,19 @@ def _watchdog_usec(env: Mapping[str, str]) -> int | None:
     if pid and pid != str(os.getpid()):
         return None
     return usec if usec > 0 else None
+
+
+@contextmanager
+def supervised(status: str, healthy: HealthCheck = lambda: True) -> Iterator[Notifier]:
+    """Around a service's main loop: READY=1 with ``status``, the watchdog fed while ``healthy()``, and
+    STOPPING=1 on the way out. A no-op outside systemd."""
+    notifier = Notifier.from_environ()
+    notifier.ready(status)
+    watchdog = notifier.start_watchdog(healthy)
+    try:
+        yield notifier
+    finally:
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.stop()
+        notifier.close()

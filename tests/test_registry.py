@@ -164,9 +164,9 @@ def test_registry_tables_come_from_the_cloud_migrations(db_url: str, tmp_path: P
 def test_an_existing_database_is_upgraded_and_registry_tables_it_already_had_are_adopted(db_url: str,
                                                                                        tmp_path: Path):
     """A cloud at schema 1 whose registry had created its own tables (before migration 2): its cases and
-    model versions survive the upgrade."""
+    model versions survive the upgrade to the current schema."""
     from cloud import registry as registry_mod
-    from cloud.storage import MIGRATIONS, Storage, schema_version
+    from cloud.storage import MIGRATIONS, SCHEMA_VERSION, Storage, schema_version
     from contract import utc_now
 
     engine = sa.create_engine(db_url)
@@ -187,6 +187,6 @@ def test_an_existing_database_is_upgraded_and_registry_tables_it_already_had_are
     assert [r.version for r in registry.all()] == ["v2", "v1"]
     registry.engine.dispose()
     storage = Storage(db_url, tmp_path / "images")
-    assert storage.version() == 2
+    assert storage.version() == SCHEMA_VERSION
     assert [d["reason"] for d in storage.dead_letters()] == ["old"]
     storage.close()

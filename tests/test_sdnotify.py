@@ -160,3 +160,38 @@ def test_watchdog_meant_for_another_process_is_ignored(systemd):
     assert notifier.watchdog_interval_s() is None
     assert notifier.start_watchdog(lambda: True) is None
     assert Notifier.from_environ(_env(systemd, WATCHDOG_USEC="soon")).watchdog_interval_s() is None
+
+
+def test_a_real_service_reports_ready_feeds_the_watchdog_and_says_stopping(tmp_path: Path):
+    """`skinscan-cloud dashboard` under a notify socket, as systemd would start it (Type=notify)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.broker import free_port
+
+    root = Path(__file__).resolve().parent.parent
+    address = str(tmp_path / "notify")
+    systemd = FakeSystemd(address)
+    (tmp_path / "cloud.secret").write_text("not-needed: no broker runs in this test\n")
+    env = dict(os.environ, NOTIFY_SOCKET=address, WATCHDOG_USEC="400000",
+               SKINSCAN_MQTT__PASSWORD_FILE=str(tmp_path / "cloud.secret"),
+               SKINSCAN_DATABASE__URL=f"sqlite:///{tmp_path / 'cloud.sqlite3'}",
+               SKINSCAN_STORAGE__IMAGE_DIR=str(tmp_path / "images"),
+               SKINSCAN_DASHBOARD__SECRET_KEY_FILE=str(tmp_path / "secret"),
+               SKINSCAN_MQTT__PORT=str(free_port()))
+    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "dashboard", "--port", str(free_port())],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(systemd.pings()) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        assert any(m.startswith("READY=1") for m in systemd.texts())
+        assert len(systemd.pings()) >= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        systemd.close()
+    assert proc.returncode == 0
+    assert any(m.startswith("STOPPING=1") for m in systemd.texts())
