@@ -441,6 +441,34 @@ class Storage:
         with self.engine.connect() as conn:
             return {r["capture_id"]: _review(r) for r in conn.execute(query).mappings()}
 
+    def disagreement_by_model(self) -> dict[str, dict[str, int]]:
+        """Per model version: reviewed cases, and how many the doctor labelled differently from that model.
+
+        Both sides count: the kiosk's int8 model (``device_prediction.model_version``) and the cloud's
+        float model (``cases.model_version``). "other / not assessable" reviews are left out."""
+        reviewed = {k: v for k, v in self.latest_reviews().items() if v["label"] != OTHER_LABEL}
+        out: dict[str, dict[str, int]] = {}
+
+        def count(version: str | None, model_label: str | None, doctor_label: str) -> None:
+            if version and model_label:
+                row = out.setdefault(version, {"reviewed": 0, "disagreed": 0})
+                row["reviewed"] += 1
+                row["disagreed"] += model_label != doctor_label
+
+        if not reviewed:
+            return out
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(cases.c.capture_id, cases.c.label, cases.c.model_version,
+                                       cases.c.device_prediction)
+                                .where(cases.c.capture_id.in_(list(reviewed)))).mappings().all()
+        for row in rows:
+            doctor_label = reviewed[row["capture_id"]]["label"]
+            count(row["model_version"], row["label"], doctor_label)
+            if row["device_prediction"]:
+                device = json.loads(row["device_prediction"])
+                count(device.get("model_version"), device.get("label"), doctor_label)
+        return out
+
     def feedback(self, capture_id: str) -> Feedback | None:
         """The newest review of a case as the contract message (what the device and the phone show)."""
         latest = self.latest_reviews([capture_id]).get(str(capture_id))

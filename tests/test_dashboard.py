@@ -57,7 +57,7 @@ def _admin(app):
 
 
 STAFF_GETS = ["/", "/queue", "/api/queue", "/events", "/cases/{id}", "/api/cases/{id}", "/cases/{id}/image",
-              "/cases/{id}/thumb", "/audit"]
+              "/cases/{id}/thumb", "/audit", "/models"]
 STAFF_POSTS = ["/cases/{id}/review", "/cases/{id}/messages", "/cases/{id}/revoke"]
 
 
@@ -371,3 +371,28 @@ def test_add_user_command(tmp_path: Path, monkeypatch):
     client = app.test_client()
     assert login(client, "drnour", "a long enough password").status_code == 302
     storage.close()
+
+
+def test_models_page_lists_versions_with_doctor_disagreement(dash, tmp_path: Path):
+    from cloud.registry import Registry
+    from tests.test_registry import write_model
+
+    app, storage = dash
+    registry = Registry(storage.engine)
+    registry.register(write_model(tmp_path / "m1", "float-test"), actor="ml")
+    registry.promote("float-test", actor="lead", reason="first")
+    registry.register(write_model(tmp_path / "m2", "int8-test", parent="float-test"), actor="ml")
+    a, _ = seed_case(storage, 1, cloud=("melanoma", 0.8, False), kiosk=("nevus", 0.6, False))
+    b, _ = seed_case(storage, 2, cloud=("nevus", 0.9, False), kiosk=("nevus", 0.7, False))
+    c, _ = seed_case(storage, 3, cloud=("nevus", 0.9, False), kiosk=("nevus", 0.7, False))
+    storage.add_review(str(a.capture_id), "drhana", "melanoma", "", True)
+    storage.add_review(str(b.capture_id), "drhana", "melanoma", "", True)
+    storage.add_review(str(c.capture_id), "drhana", "other", "blurred", False)  # not counted
+    assert storage.disagreement_by_model() == {"float-test": {"reviewed": 2, "disagreed": 1},
+                                               "int8-test": {"reviewed": 2, "disagreed": 2}}
+    page = _doctor(app).get("/models")
+    assert page.status_code == 200
+    html = page.data.decode()
+    assert re.search(r"float-test</td><td>promoted.*?<td>2</td>\s*<td>1 \(50%\)", html, re.S)
+    assert re.search(r"int8-test</td><td>candidate</td><td>float-test.*?<td>2</td>\s*<td>2 \(100%\)", html, re.S)
+    assert any(e["action"] == "models.view" for e in storage.audit_entries())

@@ -221,6 +221,18 @@ def audit_log():
                            users=storage.users())
 
 
+@bp.get("/models")
+@require(*STAFF)
+def models():
+    """Every model version with its val metrics and how often doctors disagreed with it."""
+    from cloud.registry import Registry
+
+    storage = _state().storage
+    audit("models.view", "")
+    records = Registry(storage.engine).all()
+    return render_template("models.html", records=records, disagreement=storage.disagreement_by_model())
+
+
 @bp.app_errorhandler(400)
 @bp.app_errorhandler(403)
 @bp.app_errorhandler(404)
