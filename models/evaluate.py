@@ -79,7 +79,7 @@ def evaluate(model_path: Path, data_dir: Path, manifest_path: Path | None = None
     probs = softmax(logits, calibration.temperature)
     if truth_labels != manifest.labels:
         probs = widen(probs, manifest.labels, truth_labels)
-    result = metrics.compute(y, probs, truth_labels, calibration.threshold)
+    result = metrics.compute(y, probs, truth_labels, calibration.threshold, dangerous=manifest.dangerous)
     result.update({"model": model_path.name, "model_version": manifest.version, "data": str(data_dir),
                    "temperature": calibration.temperature,
                    "reliability": metrics.reliability(probs, y)})

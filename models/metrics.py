@@ -51,8 +51,11 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
 
 
 def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.0,
-            positive: str = "melanoma") -> dict[str, object]:
-    """Every figure the model card and ``models.evaluate --json`` report."""
+            positive: str = "melanoma", dangerous: tuple[str, ...] | list[str] = ()) -> dict[str, object]:
+    """Every figure the model card and ``models.evaluate --json`` report.
+
+    ``see_doctor_rate``: for each dangerous class, the share of its images whose report says "see a
+    doctor", i.e. the prediction is a dangerous class or the model is unsure (below ``threshold``)."""
     n = len(classes)
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = probs.argmax(axis=1)
@@ -84,6 +87,11 @@ def compute(y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold
         "confusion_matrix": cm.tolist(),
         "labels": list(classes),
     }
+    danger = [classes.index(c) for c in dangerous if c in classes]
+    if danger:
+        referred = np.isin(y_pred, danger) | ~kept
+        out["see_doctor_rate"] = {classes[k]: float(referred[y_true == k].mean()) if (y_true == k).any() else None
+                                  for k in danger}
     if positive in classes:
         k = classes.index(positive)
         is_pos, said_pos = y_true == k, y_pred == k

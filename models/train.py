@@ -271,7 +271,7 @@ def ship(parts, out: Path, crops: np.ndarray, y_train: np.ndarray, val_x: np.nda
         temperature = calibrate.fit_temperature(logits, y_val)
         probs = softmax(logits, temperature)
         threshold = calibrate.choose_threshold(probs, y_val, args.target_accuracy, args.max_abstain)
-        all_metrics[role] = metrics.compute(y_val, probs, classes, threshold)
+        all_metrics[role] = metrics.compute(y_val, probs, classes, threshold, dangerous=DANGEROUS)
         curves[role] = calibrate.coverage_curve(probs, y_val)
         files[role] = {"path": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
                        "kind": kind, "calibration": {"temperature": temperature, "threshold": threshold}}

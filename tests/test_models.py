@@ -32,7 +32,7 @@ def test_metrics_match_hand_computed_values():
         [0.3, 0.3, 0.4],  # b -> melanoma
         [0.1, 0.2, 0.7],  # melanoma -> melanoma
     ])
-    m = metrics.compute(y, probs, classes, threshold=0.65)
+    m = metrics.compute(y, probs, classes, threshold=0.65, dangerous=["melanoma", "b"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["per_class_recall"] == pytest.approx({"a": 2 / 3, "b": 1 / 2, "melanoma": 1.0})
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
@@ -48,6 +48,9 @@ def test_metrics_match_hand_computed_values():
     # kept at 0.65: rows 0, 2, 3, 5 -> 3 of 4 correct
     assert m["coverage"] == pytest.approx(4 / 6)
     assert m["selective_accuracy"] == pytest.approx(3 / 4)
+    # "see a doctor": predicted b or melanoma, or unsure (< 0.65): b rows 3 (b), 4 (melanoma) -> 2/2;
+    # melanoma row 5 (melanoma) -> 1/1
+    assert m["see_doctor_rate"] == {"melanoma": 1.0, "b": 1.0}
     # 15 bins: confidences .8 (bin .8-.867), .6, .7, .8, .4, .7
     expected_ece = (abs(1 - 0.8) * 2 + abs(1 - 0.6) + abs(0.5 - 0.7) * 2 + abs(0 - 0.4)) / 6
     assert m["ece"] == pytest.approx(expected_ece)
