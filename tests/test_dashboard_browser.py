@@ -16,9 +16,9 @@ from cloud.dashboard import create_app as create_dashboard
 from device.kiosk import create_app as create_kiosk
 from device.uplink import Uplink
 from tests.support.broker import free_port
+from tests.support.browser import chromium
 from tests.support.dashboard import PASSWORD, make_users
 from tests.support.link import cloud_config, device_config, sample_images, wait_for
-from tests.test_kiosk_browser import CHROMEDRIVER, CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -58,18 +58,9 @@ def system(broker, tmp_path: Path):
 
 @pytest.fixture
 def browser(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("chromium and chromium-driver are not installed (scripts/bootstrap test installs them)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    # Two tabs stay live at once (queue and phone): keep the background one's timers running.
+    driver = chromium(tmp_path / "chromium-profile", "1280,900", "--disable-background-timer-throttling",
+                      "--disable-renderer-backgrounding")
     yield driver
     driver.quit()
 

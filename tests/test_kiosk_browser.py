@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -12,11 +11,10 @@ from werkzeug.serving import make_server
 from device.kiosk import create_app
 from settings import load_device
 from tests.support import samples
+from tests.support.browser import chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture
@@ -36,17 +34,7 @@ def kiosk_url(tmp_path: Path, model_manifest: Path):
 
 @pytest.fixture
 def browser(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("chromium and chromium-driver are not installed (scripts/bootstrap test installs them)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=800,480",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver = chromium(tmp_path / "chromium-profile", "800,480")
     # exactly the Pi touch screen's viewport (--window-size would include the window frame)
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 800, "height": 480, "deviceScaleFactor": 1, "mobile": False})
