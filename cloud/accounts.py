@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.topics import check_device_id
+from runtime.files import atomic_write
 from settings.loader import PROJECT_ROOT
 
 # Service accounts (broker/run creates them); a device may never take one of these names.
@@ -47,12 +48,7 @@ class DeviceAccount:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mkstemp: mode 600
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())  # mode 600, like every secret here
 
 
 def _hash_line(credentials: Path, name: str, secret: str) -> str:

@@ -19,9 +19,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +31,7 @@ from PIL import Image
 from contract import ModelAnnouncement, signing, utc_now
 from contract.messages import MODEL_VERSION_PATTERN
 from models.manifest import load, resolve
+from runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +131,7 @@ def write_bundle(members: dict[str, bytes], version: str, bundle_dir: Path) -> B
                               "a published version never changes: train a new version")
         return Bundle(version, target, digest, len(blob))
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bundle-", suffix=".zip")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, blob)
     log.info("bundle %s: %s (%d bytes, sha256 %s)", version, target, len(blob), digest)
     return Bundle(version, target, digest, len(blob))
 

@@ -12,8 +12,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,6 +41,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from contract import Capture, ChatMessage, Feedback, Result, utc_now
+from runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -272,21 +271,7 @@ class Storage:
         if path.is_file() and path.stat().st_size == len(data):
             return digest, path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, data)
         return digest, path
 
     def read_image(self, sha256: str) -> bytes:

@@ -42,6 +42,7 @@ from contract.signing import SignatureError, verify
 from device import selftest
 from device.inference import BackendError, Classifier
 from models import manifest as manifest_mod
+from runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,6 @@ class ModelSlot:
         with self._lock:
             old, self._classifier = self._classifier, classifier
         return old
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
@@ -167,7 +159,7 @@ class Updater:
                 "rollback": self.rollback}
 
     def _save_state(self, state: dict) -> None:
-        _fsync_write(self.versions_dir / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
+        atomic_write(self.versions_dir / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
 
     def _model_json(self, version: str) -> Path:
         return self.versions_dir / version / MODEL_SUBDIR / "model.json"
